@@ -1,0 +1,122 @@
+"""`oresearcher`: one CLI for every stage. Heavy imports live inside the commands, so `--help` is instant.
+
+    oresearcher search "causes of the Black Death"        # exactly what an agent sees
+    oresearcher crawl https://en.wikipedia.org/wiki/Black_Death
+    oresearcher trace check traces.jsonl --field trace    # validate every trace in a file
+    oresearcher model prepare                             # convert the embedded model once
+    oresearcher run --config configs/tiny.yaml            # the pipeline, as far as it exists
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "configs/tiny.yaml"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="settings YAML (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set research.tape.mode=replay (repeatable)")
+
+
+def _settings(args):
+    from oresearcher.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_search(args) -> int:
+    from oresearcher.research.environment import ResearchEnvironment
+
+    env = ResearchEnvironment.from_config(_settings(args))
+    print(env.web_search(args.query, args.num or env.default_num))
+    return 0
+
+
+def cmd_crawl(args) -> int:
+    from oresearcher.research.environment import ResearchEnvironment
+
+    env = ResearchEnvironment.from_config(_settings(args))
+    print(env.crawl_page(args.url))
+    return 0
+
+
+def cmd_trace_check(args) -> int:
+    from oresearcher.trace_check import check_file
+
+    report = check_file(Path(args.file), field=args.field, max_shown=args.max_violations)
+    print(report.text)
+    return 0 if report.all_valid else 1
+
+
+def cmd_model_prepare(args) -> int:
+    from models.resolve import resolve_model
+
+    cfg = _settings(args)
+    print(resolve_model(cfg.model.name, cfg.paths.cache))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from flows.pipeline import pipeline
+
+    pipeline(config_path=args.config, overrides=args.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oresearcher", description="O-Researcher: open deep-research recipe")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("search", help="run web_search and print what the agent sees")
+    p.add_argument("query", help="one or more queries separated by ' | '")
+    p.add_argument("--num", type=int, default=None, help="results across the queries (1-20)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("crawl", help="run crawl_page and print what the agent sees")
+    p.add_argument("url", help="one or more URLs separated by ' | '")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_crawl)
+
+    trace = sub.add_parser("trace", help="trace grammar tools").add_subparsers(dest="trace_command", required=True)
+    p = trace.add_parser("check", help="validate every trace in a JSONL (or plain text) file")
+    p.add_argument("file")
+    p.add_argument("--field", default=None,
+                   help="JSON field holding the trace text (default: auto-detect; dotted paths and "
+                        "chat 'messages' lists are understood)")
+    p.add_argument("--max-violations", type=int, default=10, help="violations shown per trace")
+    p.set_defaults(func=cmd_trace_check)
+
+    model = sub.add_parser("model", help="model helpers").add_subparsers(dest="model_command", required=True)
+    p = model.add_parser("prepare", help="resolve (and convert, once) the configured model; print its path")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_model_prepare)
+
+    p = sub.add_parser("run", help="run the pipeline flow on a config")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from oresearcher.config import ConfigError
+    from oresearcher.research.corpus import CorpusError
+    from oresearcher.research.tape import TapeMiss
+
+    try:
+        return args.func(args)
+    except (ConfigError, CorpusError, TapeMiss, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `oresearcher ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

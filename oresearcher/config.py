@@ -1,0 +1,202 @@
+"""The one config system: typed settings loaded from `configs/*.yaml`, plus `key.path=value` overrides.
+
+    cfg = load_config("configs/tiny.yaml", ["research.search.backend=serper"])
+
+Every section is a pydantic model with `extra="forbid"`, so a typo is an error, and every error names the
+offending key (`research.search.backend: Input should be 'local', 'searxng' or 'serper'`). Flows take the
+config path and overrides as Prefect parameters, so the UI, the CLI and schedules pass the same thing.
+Secrets are never values here: a config names the environment variable that holds an API key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the settings schema; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(Section):
+    data_dir: Path = Field(Path("data"), description="DVC-tracked tree: seeds, tape, traces (relative to the repo)")
+    cache_dir: Path = Field(Path(os.environ.get("ORESEARCHER_CACHE", "~/.cache/oresearcher")),
+                            description="derived, rebuildable files: converted models, search indexes")
+
+    def resolve(self, path: Path) -> Path:
+        path = path.expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def data(self) -> Path:
+        return self.resolve(self.data_dir)
+
+    @property
+    def cache(self) -> Path:
+        return self.resolve(self.cache_dir)
+
+
+class ModelConfig(Section):
+    name: str = Field("smollm2-135m-instruct",
+                      description="'smollm2-135m-instruct' (embedded), a Hugging Face id or a local directory")
+    backend: Literal["local", "openai", "vllm"] = "local"
+    max_context_tokens: int = Field(8192, ge=512)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class SearchConfig(Section):
+    backend: Literal["local", "searxng", "serper"] = "local"
+    corpora: list[str] = Field(["wiki"], description="local backend: 'wiki', 'drg', or folders of documents")
+    searxng_url: str = "http://127.0.0.1:8888"
+    serper_url: str = "https://google.serper.dev/search"
+    serper_api_key_env: str = Field("SERPER_API_KEY", description="name of the env var holding the key")
+    timeout_s: float = Field(15.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+
+    @field_validator("corpora")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one corpus is needed")
+        return v
+
+
+class CrawlConfig(Section):
+    backend: Literal["local", "web"] = "local"
+    allow_hosts: list[str] = Field(
+        [], description="hosts or CIDRs the crawler may reach even if private/loopback (e.g. 127.0.0.1/32)")
+    max_bytes: int = Field(2_000_000, gt=0)
+    timeout_s: float = Field(20.0, gt=0)
+    max_redirects: int = Field(5, ge=0, le=20)
+    content_types: list[str] = ["text/html", "application/xhtml+xml", "text/plain"]
+    user_agent: str = "o-researcher/0.1 (+research crawler)"
+
+
+class TapeConfig(Section):
+    mode: Literal["live", "record", "replay"] = "record"
+    path: Path = Field(Path("data/tape.sqlite"), description="relative to the repo root")
+
+
+class ResearchConfig(Section):
+    search: SearchConfig = SearchConfig()
+    crawl: CrawlConfig = CrawlConfig()
+    tape: TapeConfig = TapeConfig()
+    default_num_results: int = Field(10, ge=1, le=20)
+    page_token_budget: int = Field(2000, ge=64, description="crawl_page output is cut to this many tokens")
+    snippet_chars: int = Field(300, ge=40)
+
+
+class TrainConfig(Section):
+    """Training defaults shared by SFT and GRPO (their own sections come with their stages)."""
+
+    deepspeed: Literal["none", "zero2", "zero3"] = "none"
+    bf16: bool = False
+    max_seq_len: int = Field(2048, ge=128)
+
+
+class MlflowConfig(Section):
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="relative sqlite paths are under the repo root")
+    experiment: str = "o-researcher"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_file_store(cls, v: str) -> str:
+        if v.startswith("file:") or "://" not in v:
+            raise ValueError("use a database URI such as sqlite:///mlflow.db (the file store is refused by MLflow 3)")
+        return v
+
+    def resolved_uri(self) -> str:
+        prefix = "sqlite:///"
+        if self.tracking_uri.startswith(prefix) and not self.tracking_uri[len(prefix):].startswith("/"):
+            return prefix + str(REPO_ROOT / self.tracking_uri[len(prefix):])
+        return self.tracking_uri
+
+
+class Settings(Section):
+    name: str = "tiny"
+    paths: PathsConfig = PathsConfig()
+    model: ModelConfig = ModelConfig()
+    research: ResearchConfig = ResearchConfig()
+    train: TrainConfig = TrainConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _context_fits(self) -> Settings:
+        if self.train.max_seq_len > self.model.max_context_tokens:
+            raise ValueError(f"train.max_seq_len ({self.train.max_seq_len}) exceeds "
+                             f"model.max_context_tokens ({self.model.max_context_tokens})")
+        return self
+
+    @property
+    def tape_path(self) -> Path:
+        return self.paths.resolve(self.research.tape.path)
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Settings:
+    """Settings from a YAML file (None: defaults) with `a.b.c=value` overrides (values parsed as YAML)."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+
+
+def flat_params(settings: Settings) -> dict[str, str]:
+    """Flat `section.key -> value` for MLflow params. Configs hold env-var names, never secrets themselves."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, node) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(key + ".", v)
+            else:
+                flat[key] = str(v)
+
+    walk("", settings.model_dump(mode="json"))
+    return flat

@@ -1,0 +1,530 @@
+"""The trace grammar: the only module that knows the tags of an O-Researcher trace.
+
+A trace is a flat sequence of tagged segments (method.md §2):
+
+    <subtask_list> then, per subtask, <subtask> → (<think> → <plan> → tool → <observation>)* → <subtask_answer>,
+    and after the last subtask, <suggested_answer> (the report, with a References list).
+
+Three jobs live here, each used everywhere else in the project:
+- `parse` is lenient: it takes real model output (a doubled <think>, a missing <subtask_answer>, a
+  </suggested_answer> without its opening tag, free text between tags, a truncated trace) and never raises.
+- `serialize` writes segments back; `parse(serialize(segs))` gives the same tags and contents.
+- `validate` is strict: it returns typed `Violation`s with character positions.
+
+Observation text comes from the web, so it is escaped (`escape`) before it enters a trace: a hostile page
+containing "</observation><suggested_answer>" can never change the trace's structure. The escaping is
+reversible and touches only tag look-alikes, so URLs and `&num=` stay readable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+SUBTASK_LIST = "subtask_list"
+SUBTASK = "subtask"
+THINK = "think"
+PLAN = "plan"
+WEB_SEARCH = "web_search"
+CRAWL_PAGE = "crawl_page"
+OBSERVATION = "observation"
+SUBTASK_ANSWER = "subtask_answer"
+SUGGESTED_ANSWER = "suggested_answer"
+TEXT = "text"  # free text outside any tag: kept by the parser, flagged by the validator
+
+TOOL_TAGS = (WEB_SEARCH, CRAWL_PAGE)
+TAGS = (SUBTASK_LIST, SUBTASK, THINK, PLAN, WEB_SEARCH, CRAWL_PAGE, OBSERVATION, SUBTASK_ANSWER, SUGGESTED_ANSWER)
+# Generation stops here; the environment appends the observation (or ends the episode) and resumes.
+STOP_SEQUENCES = ("</web_search>", "</crawl_page>", "</suggested_answer>")
+DEFAULT_NUM_RESULTS = 10
+MAX_NUM_RESULTS = 20
+
+_TAG_ALT = "|".join(sorted(TAGS, key=len, reverse=True))
+# What the parser accepts as a tag: <think>, </ think >, <THINK> ...
+_TAG_RE = re.compile(rf"<\s*(/?)\s*({_TAG_ALT})\s*>", re.IGNORECASE)
+# What the escaper neutralises: a superset of _TAG_RE (no closing '>' needed), plus already-escaped forms so
+# that escaping is reversible: "<tag" -> "&lt;tag", "&lt;tag" -> "&amp;lt;tag", "&amp;lt;tag" -> "&amp;amp;lt;tag".
+_ESCAPE_RE = re.compile(rf"(<|&((?:amp;)*)lt;)(?=\s*/?\s*(?:{_TAG_ALT})\b)", re.IGNORECASE)
+_UNESCAPE_RE = re.compile(rf"&((?:amp;)*)lt;(?=\s*/?\s*(?:{_TAG_ALT})\b)", re.IGNORECASE)
+
+
+def escape(text: str) -> str:
+    """Neutralise every tag look-alike in `text` (observation text, free text) so it cannot open or close a tag."""
+    return _ESCAPE_RE.sub(lambda m: "&lt;" if m.group(1) == "<" else f"&amp;{m.group(2)}lt;", text)
+
+
+def unescape(text: str) -> str:
+    """Inverse of `escape`."""
+    return _UNESCAPE_RE.sub(lambda m: "<" if not m.group(1) else f"&{m.group(1)[4:]}lt;", text)
+
+
+@dataclass
+class Segment:
+    """One tagged block. `opened`/`closed` record whether the source had the opening/closing tag."""
+
+    tag: str
+    content: str
+    start: int = 0  # character offset of the block in the parsed text
+    end: int = 0
+    opened: bool = True
+    closed: bool = True
+
+
+@dataclass
+class ParseIssue:
+    """Something the lenient parser had to work around, reported by `validate`."""
+
+    kind: str  # "stray_close"
+    tag: str
+    position: int
+
+
+@dataclass
+class ToolCall:
+    name: str  # "web_search" or "crawl_page"
+    args: list[str]  # queries or URLs
+    num: int | None = None  # web_search only: total results across the queries
+    raw: str = ""
+    error: str | None = None  # why the arguments are unusable, if they are
+
+
+@dataclass
+class Subtask:
+    title: str
+    steps: list[Segment] = field(default_factory=list)  # think / plan / tool / observation, in order
+    answer: str | None = None
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [parse_tool_call(s.tag, s.content) for s in self.steps if s.tag in TOOL_TAGS]
+
+
+@dataclass
+class ParsedTrace:
+    segments: list[Segment]
+    issues: list[ParseIssue]
+    subtask_list: list[str]
+    subtasks: list[Subtask]
+    report: str | None
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [c for st in self.subtasks for c in st.tool_calls]
+
+    @property
+    def observations(self) -> list[str]:
+        return [s.content for s in self.segments if s.tag == OBSERVATION]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse_segments(text: str) -> tuple[list[Segment], list[ParseIssue]]:
+    """Split `text` into segments, leniently. Never raises."""
+    segments: list[Segment] = []
+    issues: list[ParseIssue] = []
+    open_tag: str | None = None
+    open_start = content_start = 0
+    free_start = 0  # start of the free text since the last segment
+
+    def add_free_text(until: int) -> None:
+        chunk = text[free_start:until]
+        if chunk.strip():
+            lead = len(chunk) - len(chunk.lstrip())
+            segments.append(Segment(TEXT, unescape(chunk.strip()), free_start + lead, until))
+
+    for m in _TAG_RE.finditer(text):
+        is_close, tag = m.group(1) == "/", m.group(2).lower()
+        if open_tag == OBSERVATION and not (is_close and tag == OBSERVATION):
+            continue  # observation text is the environment's: only its own closing tag ends it
+        if not is_close:
+            if open_tag is not None:  # a new block starts before the last one closed
+                segments.append(Segment(open_tag, unescape(text[content_start : m.start()].strip()),
+                                        open_start, m.start(), closed=False))
+            else:
+                add_free_text(m.start())
+            open_tag, open_start, content_start = tag, m.start(), m.end()
+        elif open_tag == tag:
+            segments.append(Segment(tag, unescape(text[content_start : m.start()].strip()), open_start, m.end()))
+            open_tag, free_start = None, m.end()
+        elif open_tag is None and text[free_start : m.start()].strip():
+            # "report text</suggested_answer>": the free text before a lone closing tag is that block's content
+            chunk = text[free_start : m.start()]
+            lead = len(chunk) - len(chunk.lstrip())
+            segments.append(Segment(tag, unescape(chunk.strip()), free_start + lead, m.end(), opened=False))
+            free_start = m.end()
+        else:
+            issues.append(ParseIssue("stray_close", tag, m.start()))
+            if open_tag is None:
+                free_start = m.end()
+    if open_tag is not None:
+        segments.append(Segment(open_tag, unescape(text[content_start:].strip()), open_start, len(text), closed=False))
+    else:
+        add_free_text(len(text))
+    return segments, issues
+
+
+def parse(text: str) -> ParsedTrace:
+    """Parse a trace leniently into segments and its structure (subtasks, tool calls, report)."""
+    segments, issues = parse_segments(text)
+    subtask_list: list[str] = []
+    subtasks: list[Subtask] = []
+    report: str | None = None
+    for seg in segments:
+        if seg.tag == SUBTASK_LIST and not subtask_list:
+            subtask_list = split_list_items(seg.content)
+        elif seg.tag == SUBTASK:
+            subtasks.append(Subtask(seg.content))
+        elif seg.tag == SUBTASK_ANSWER and subtasks:
+            subtasks[-1].answer = seg.content
+        elif seg.tag in (THINK, PLAN, OBSERVATION, *TOOL_TAGS) and subtasks:
+            subtasks[-1].steps.append(seg)
+        elif seg.tag == SUGGESTED_ANSWER:
+            report = seg.content
+    return ParsedTrace(segments, issues, subtask_list, subtasks, report)
+
+
+_LIST_ITEM_RE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.*\S)\s*$")
+
+
+def split_list_items(content: str) -> list[str]:
+    """Items of a <subtask_list>: numbered or bulleted lines; plain non-empty lines if there are no markers."""
+    lines = [ln for ln in content.splitlines() if ln.strip()]
+    items = [m.group(1) for ln in lines if (m := _LIST_ITEM_RE.match(ln))]
+    return items or [ln.strip() for ln in lines]
+
+
+_NUM_RE = re.compile(r"&\s*(?:serp_)?num\s*=\s*(\S*)\s*$", re.IGNORECASE)
+
+
+def parse_tool_call(name: str, content: str) -> ToolCall:
+    """Arguments of a tool tag: `query=Q1 | Q2&num=N` or `url=U1 | U2` (the `query=`/`url=` prefix is optional)."""
+    body, num, error = content.strip(), None, None
+    if name == WEB_SEARCH:
+        if m := _NUM_RE.search(body):
+            body = body[: m.start()]
+            if m.group(1).isdigit() and 1 <= int(m.group(1)) <= MAX_NUM_RESULTS:
+                num = int(m.group(1))
+            else:
+                error = f"num must be an integer in 1..{MAX_NUM_RESULTS}, got {m.group(1)!r}"
+        body = re.sub(r"^\s*query\s*=", "", body, flags=re.IGNORECASE)
+    else:
+        body = re.sub(r"^\s*url\s*=", "", body, flags=re.IGNORECASE)
+    args = [a.strip() for a in body.split("|") if a.strip()]
+    if not args:
+        error = error or f"{name} has no {'query' if name == WEB_SEARCH else 'url'}"
+    elif name == CRAWL_PAGE and (bad := [u for u in args if not re.match(r"^https?://\S+$", u, re.IGNORECASE)]):
+        error = f"not an http(s) URL: {bad[0]!r}"
+    return ToolCall(name, args, num if name == WEB_SEARCH else None, content, error)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def serialize(segments: list[Segment]) -> str:
+    """Write segments as trace text, each block on its own lines; contents are escaped."""
+    out = []
+    for seg in segments:
+        body = escape(seg.content)
+        out.append(body if seg.tag == TEXT else f"<{seg.tag}>\n{body}\n</{seg.tag}>")
+    return "\n".join(out)
+
+
+def block(tag: str, content: str) -> str:
+    """One block as trace text (content escaped)."""
+    return serialize([Segment(tag, content)])
+
+
+def tool_call_text(name: str, args: list[str], num: int | None = None) -> str:
+    """`<web_search>query=a | b&num=10</web_search>` or `<crawl_page>url=U</crawl_page>`."""
+    key = "query" if name == WEB_SEARCH else "url"
+    body = f"{key}={' | '.join(args)}" + (f"&num={num}" if num is not None and name == WEB_SEARCH else "")
+    return f"<{name}>{escape(body)}</{name}>"
+
+
+def observation_text(result: str) -> str:
+    """The block the environment appends after a tool call. The result is escaped: it can never close the block."""
+    return block(OBSERVATION, result)
+
+
+def last_tool_call(generated: str) -> ToolCall | None:
+    """The tool call a generation stopped on (text ending at, or just before, a tool's closing tag)."""
+    segments, _ = parse_segments(generated)
+    if segments and segments[-1].tag in TOOL_TAGS:
+        return parse_tool_call(segments[-1].tag, segments[-1].content)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The report: in-text citations and the References list
+
+
+@dataclass
+class Reference:
+    number: int
+    url: str
+    title: str
+    position: int  # offset in the report
+
+
+@dataclass
+class Citation:
+    number: int
+    position: int  # offset in the report
+    sentence: str  # the claim the citation follows
+
+
+_REFS_HEADING_RE = re.compile(r"^\s*(?:#+\s*)?\**\s*references\s*\**\s*:?\s*$", re.IGNORECASE | re.MULTILINE)
+_REF_LINE_RE = re.compile(r"^\s*\[(\d+)\]\.?\s*(\S+)(?:\s+[-–—]\s*(.*?))?\s*$")
+# A reference line "[1]. https://..." is not a citation, "... claim [1]." is.
+_CITE_GROUP_RE = re.compile(r"\[(\d+(?:\s*[,;–-]\s*\d+)*)\](?!\.?\s*https?://)")
+
+
+def split_report(report: str) -> tuple[str, str | None]:
+    """(body, references section) of a report; the section is None when there is no References heading."""
+    headings = list(_REFS_HEADING_RE.finditer(report))
+    if not headings:
+        return report, None
+    h = headings[-1]
+    return report[: h.start()], report[h.end() :]
+
+
+def references(report: str) -> list[Reference]:
+    """Entries `[n]. URL - Title` of the References list, in order."""
+    body, section = split_report(report)
+    if section is None:
+        return []
+    refs, offset = [], len(report) - len(section)
+    for line in section.splitlines(keepends=True):
+        if m := _REF_LINE_RE.match(line):
+            refs.append(Reference(int(m.group(1)), m.group(2), (m.group(3) or "").strip(), offset))
+        offset += len(line)
+    return refs
+
+
+def malformed_reference_lines(report: str) -> list[tuple[int, str]]:
+    """(offset, line) of non-empty lines in the References section that are not `[n]. URL - Title`."""
+    _, section = split_report(report)
+    if section is None:
+        return []
+    bad, offset = [], len(report) - len(section)
+    for line in section.splitlines(keepends=True):
+        m = _REF_LINE_RE.match(line)
+        if line.strip() and not (m and re.match(r"^https?://", m.group(2), re.IGNORECASE)):
+            bad.append((offset, line.strip()))
+        offset += len(line)
+    return bad
+
+
+def citations(report: str) -> list[Citation]:
+    """In-text citations `[n]`, `[n][m]`, `[n, m]`, `[n-m]` in the report body (not the References list)."""
+    body, _ = split_report(report)
+    found = []
+    for m in _CITE_GROUP_RE.finditer(body):
+        sentence_start = max(body.rfind(". ", 0, m.start()), body.rfind("\n", 0, m.start())) + 1
+        sentence = body[sentence_start : m.start()].strip()
+        for number in _expand_citation_group(m.group(1)):
+            found.append(Citation(number, m.start(), sentence))
+    return found
+
+
+def _expand_citation_group(group: str) -> list[int]:
+    numbers = []
+    for part in re.split(r"\s*[,;]\s*", group):
+        if m := re.fullmatch(r"(\d+)\s*[–-]\s*(\d+)", part):
+            lo, hi = int(m.group(1)), int(m.group(2))
+            numbers.extend(range(lo, hi + 1) if 0 <= hi - lo <= 50 else [lo, hi])
+        else:
+            numbers.append(int(part))
+    return numbers
+
+
+def strip_citations(report: str) -> str:
+    """The report body without in-text citations or the References list (RACE judges reports this way)."""
+    body, _ = split_report(report)
+    return re.sub(r"[ \t]*" + _CITE_GROUP_RE.pattern, "", body).strip()
+
+
+def observed_urls(trace: ParsedTrace) -> set[str]:
+    """URLs the environment actually showed the agent (in observations) or that it crawled."""
+    urls = {u for obs in trace.observations for u in re.findall(r"https?://[^\s)\]>\"']+", obs)}
+    urls |= {u for c in trace.tool_calls if c.name == CRAWL_PAGE for u in c.args}
+    return {u.rstrip(".,;") for u in urls}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+class Rule(StrEnum):
+    EMPTY_TRACE = "empty_trace"
+    TEXT_OUTSIDE_TAGS = "text_outside_tags"
+    UNCLOSED_TAG = "unclosed_tag"
+    UNOPENED_TAG = "unopened_tag"
+    STRAY_CLOSING_TAG = "stray_closing_tag"
+    EMPTY_BLOCK = "empty_block"
+    SUBTASK_LIST_NOT_FIRST = "subtask_list_not_first"
+    EMPTY_SUBTASK_LIST = "empty_subtask_list"
+    DUPLICATE_SUBTASK_LIST = "duplicate_subtask_list"
+    SUBTASK_COUNT_MISMATCH = "subtask_count_mismatch"
+    NO_SUBTASK = "no_subtask"
+    OUTSIDE_SUBTASK = "outside_subtask"
+    STEP_ORDER = "step_order"
+    TOOL_WITHOUT_OBSERVATION = "tool_without_observation"
+    BAD_TOOL_ARGS = "bad_tool_args"
+    MISSING_SUBTASK_ANSWER = "missing_subtask_answer"
+    MISSING_SUGGESTED_ANSWER = "missing_suggested_answer"
+    MULTIPLE_SUGGESTED_ANSWERS = "multiple_suggested_answers"
+    CONTENT_AFTER_SUGGESTED_ANSWER = "content_after_suggested_answer"
+    MISSING_REFERENCES = "missing_references"
+    MALFORMED_REFERENCE = "malformed_reference"
+    NO_CITATION = "no_citation"
+    CITATION_WITHOUT_REFERENCE = "citation_without_reference"
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: Rule
+    message: str
+    position: int  # character offset in the trace text
+    line: int = 0  # 1-based line of `position`
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.rule}: {self.message}"
+
+
+# Allowed successors inside a subtask: think → plan → tool → observation → (think | subtask_answer).
+# [ours] <plan> is optional after <think>; a step may repeat <think> only after an observation.
+_NEXT = {
+    SUBTASK: {THINK},
+    THINK: {PLAN, *TOOL_TAGS, SUBTASK_ANSWER},
+    PLAN: {*TOOL_TAGS, SUBTASK_ANSWER},
+    WEB_SEARCH: {OBSERVATION},
+    CRAWL_PAGE: {OBSERVATION},
+    OBSERVATION: {THINK, SUBTASK_ANSWER},
+}
+_MUST_HAVE_CONTENT = (SUBTASK_LIST, SUBTASK, THINK, PLAN, SUBTASK_ANSWER, SUGGESTED_ANSWER, *TOOL_TAGS)
+
+
+def validate(text: str, *, check_report: bool = True) -> list[Violation]:
+    """Every way `text` departs from the strict grammar, in order of position. Empty list = valid."""
+    trace = parse(text)
+    found: list[tuple[Rule, str, int]] = []
+    add = found.append
+    segs = trace.segments
+    if not segs:
+        add((Rule.EMPTY_TRACE, "the trace has no content", 0))
+        return _located(text, found)
+
+    for issue in trace.issues:
+        add((Rule.STRAY_CLOSING_TAG, f"</{issue.tag}> closes nothing", issue.position))
+    for seg in segs:
+        if seg.tag == TEXT:
+            add((Rule.TEXT_OUTSIDE_TAGS, f"free text outside tags: {seg.content[:40]!r}", seg.start))
+            continue
+        if not seg.closed:
+            add((Rule.UNCLOSED_TAG, f"<{seg.tag}> is never closed", seg.start))
+        if not seg.opened:
+            add((Rule.UNOPENED_TAG, f"</{seg.tag}> has no opening <{seg.tag}>", seg.start))
+        if seg.tag in _MUST_HAVE_CONTENT and not seg.content:
+            add((Rule.EMPTY_BLOCK, f"<{seg.tag}> is empty", seg.start))
+        if seg.tag in TOOL_TAGS and (err := parse_tool_call(seg.tag, seg.content).error):
+            add((Rule.BAD_TOOL_ARGS, err, seg.start))
+
+    tagged = [s for s in segs if s.tag != TEXT]
+    _check_outline(trace, tagged, add)
+    _check_subtasks(tagged, add)
+    if check_report and trace.report is not None:
+        report_seg = next(s for s in reversed(tagged) if s.tag == SUGGESTED_ANSWER)
+        _check_report(trace.report, report_seg, text, add)
+    return _located(text, found)
+
+
+def _check_outline(trace: ParsedTrace, tagged: list[Segment], add) -> None:
+    lists = [s for s in tagged if s.tag == SUBTASK_LIST]
+    if not lists or tagged[0].tag != SUBTASK_LIST:
+        where = lists[0].start if lists else 0
+        add((Rule.SUBTASK_LIST_NOT_FIRST, "the trace must open with <subtask_list>", where))
+    for extra in lists[1:]:
+        add((Rule.DUPLICATE_SUBTASK_LIST, "a second <subtask_list>", extra.start))
+    if lists and lists[0].content and not trace.subtask_list:
+        add((Rule.EMPTY_SUBTASK_LIST, "<subtask_list> lists no subtasks", lists[0].start))
+    n_sub = sum(s.tag == SUBTASK for s in tagged)
+    if n_sub == 0:
+        add((Rule.NO_SUBTASK, "the trace has no <subtask>", 0))
+    elif trace.subtask_list and n_sub != len(trace.subtask_list):
+        add((Rule.SUBTASK_COUNT_MISMATCH,
+             f"<subtask_list> has {len(trace.subtask_list)} items but the trace has {n_sub} <subtask> blocks",
+             lists[0].start))
+    answers = [s for s in tagged if s.tag == SUGGESTED_ANSWER]
+    if not answers:
+        add((Rule.MISSING_SUGGESTED_ANSWER, "no <suggested_answer> (final report)", tagged[-1].end))
+    for extra in answers[1:]:
+        add((Rule.MULTIPLE_SUGGESTED_ANSWERS, "a second <suggested_answer>", extra.start))
+    if answers and tagged[-1] is not answers[-1]:
+        after = tagged[tagged.index(answers[-1]) + 1]
+        add((Rule.CONTENT_AFTER_SUGGESTED_ANSWER, f"<{after.tag}> after the final report", after.start))
+
+
+def _check_subtasks(tagged: list[Segment], add) -> None:
+    prev: str | None = None  # tag of the previous block inside the current subtask; None outside subtasks
+    prev_seg: Segment | None = None
+
+    def end_subtask(at: int) -> None:
+        if prev in TOOL_TAGS:
+            add((Rule.TOOL_WITHOUT_OBSERVATION, f"<{prev}> has no <observation>", prev_seg.start))
+        if prev is not None and prev != SUBTASK_ANSWER:
+            add((Rule.MISSING_SUBTASK_ANSWER, "subtask ends without <subtask_answer>", at))
+
+    for seg in tagged:
+        if seg.tag == SUBTASK:
+            end_subtask(seg.start)
+            prev, prev_seg = SUBTASK, seg
+        elif seg.tag in (SUBTASK_LIST, SUGGESTED_ANSWER):
+            end_subtask(seg.start)
+            prev = None
+        elif prev is None:
+            add((Rule.OUTSIDE_SUBTASK, f"<{seg.tag}> outside any <subtask>", seg.start))
+        elif prev == SUBTASK_ANSWER:
+            add((Rule.STEP_ORDER, f"<{seg.tag}> after <subtask_answer>; a new <subtask> must come first", seg.start))
+        elif seg.tag not in _NEXT[prev]:
+            if prev in TOOL_TAGS:
+                add((Rule.TOOL_WITHOUT_OBSERVATION, f"<{prev}> is followed by <{seg.tag}>, not <observation>",
+                     prev_seg.start))
+            else:
+                expected = " or ".join(f"<{t}>" for t in sorted(_NEXT[prev]))
+                add((Rule.STEP_ORDER, f"<{seg.tag}> after <{prev}>; expected {expected}", seg.start))
+            prev, prev_seg = seg.tag, seg
+        else:
+            prev, prev_seg = seg.tag, seg
+    end_subtask(tagged[-1].end)
+
+
+def _check_report(report: str, seg: Segment, text: str, add) -> None:
+    # Offsets inside the report map to the trace approximately: the report starts after its opening tag.
+    base = text.find(report[:50], seg.start) if report else seg.start
+    base = seg.start if base < 0 else base
+    refs = references(report)
+    if split_report(report)[1] is None:
+        add((Rule.MISSING_REFERENCES, "the report has no References list", seg.start))
+    for offset, line in malformed_reference_lines(report):
+        add((Rule.MALFORMED_REFERENCE, f"not `[n]. URL - Title`: {line[:60]!r}", base + offset))
+    cites = citations(report)
+    if not cites:
+        add((Rule.NO_CITATION, "the report cites nothing in the text", seg.start))
+    numbers = {r.number for r in refs}
+    for c in cites:
+        if c.number not in numbers:
+            add((Rule.CITATION_WITHOUT_REFERENCE, f"[{c.number}] has no entry in References", base + c.position))
+
+
+def _located(text: str, found: list[tuple[Rule, str, int]]) -> list[Violation]:
+    out = [Violation(rule, msg, pos, text.count("\n", 0, pos) + 1) for rule, msg, pos in found]
+    return sorted(out, key=lambda v: v.position)
+
+
+def is_valid(text: str) -> bool:
+    return not validate(text)

@@ -1,0 +1,123 @@
+"""The local search engine: a tantivy (BM25) index over the configured corpora, built once, cached by corpus hash.
+
+The index lives in `<cache>/search-index/<fingerprint>/`; a new corpus or schema gets a new folder, and a build
+is written to a temporary folder and renamed into place, so a crash mid-build never leaves a broken index.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from oresearcher.research.corpus import Document, corpus_fingerprint, load_corpus, normalize_url
+
+SCHEMA_VERSION = "v1-en_stem"
+_QUERY_SYNTAX = re.compile(r"[+\-!(){}\[\]^\"~*?:\\/<>&|']")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    url: str
+    title: str
+    snippet: str
+    date: str = ""
+
+
+def _schema():
+    import tantivy
+
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("title", stored=True, tokenizer_name="en_stem")
+    sb.add_text_field("body", stored=True, tokenizer_name="en_stem")
+    sb.add_text_field("description", stored=True, tokenizer_name="en_stem")
+    sb.add_text_field("url", stored=True, tokenizer_name="raw")
+    sb.add_text_field("url_key", stored=False, tokenizer_name="raw")
+    sb.add_text_field("date", stored=True, tokenizer_name="raw")
+    return sb.build()
+
+
+class LocalIndex:
+    """BM25 search and by-URL lookup over local corpora. Thread-safe for searching."""
+
+    def __init__(self, corpora: list[str], cache_dir: Path):
+        import tantivy
+
+        self.corpora = list(corpora)
+        self.fingerprint = corpus_fingerprint(self.corpora, SCHEMA_VERSION)
+        self.path = Path(cache_dir) / "search-index" / self.fingerprint
+        if not (self.path / ".complete").exists():
+            self._build()
+        self._index = tantivy.Index.open(str(self.path))
+        self._searcher = self._index.searcher()
+        self._lock = threading.Lock()
+
+    @property
+    def backend_id(self) -> str:
+        return f"local:{self.fingerprint}"
+
+    def _build(self) -> None:
+        import tantivy
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=self.path.parent))
+        try:
+            index = tantivy.Index(_schema(), path=str(tmp))
+            writer = index.writer(heap_size=64 * 1024 * 1024, num_threads=1)
+            seen: set[str] = set()
+            for spec in self.corpora:
+                for doc in load_corpus(spec):
+                    key = normalize_url(doc.url)
+                    if key in seen:
+                        continue  # the same page in two corpora: keep the first
+                    seen.add(key)
+                    writer.add_document(tantivy.Document(
+                        title=doc.title, body=doc.text, description=doc.description, url=doc.url,
+                        url_key=key, date=doc.date))
+            writer.commit()
+            writer.wait_merging_threads()
+            (tmp / ".complete").write_text(",".join(self.corpora))
+            try:
+                os.rename(tmp, self.path)
+            except OSError:  # another process finished the same build first: use theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def search(self, query: str, k: int = 10) -> list[SearchHit]:
+        """Top-k BM25 hits for a free-text query; titles weigh more than bodies."""
+        import tantivy
+
+        text = _QUERY_SYNTAX.sub(" ", query).strip()
+        if not text:
+            return []
+        q, _errors = self._index.parse_query_lenient(
+            text, ["title", "body", "description"], field_boosts={"title": 3.0, "description": 1.5})
+        with self._lock:
+            result = self._searcher.search(q, k)
+            docs = [self._searcher.doc(addr) for _score, addr in result.hits]
+            gen = tantivy.SnippetGenerator.create(self._searcher, q, self._index.schema, "body")
+            gen.set_max_num_chars(300)
+            snippets = [gen.snippet_from_doc(d).fragment() for d in docs]
+        return [SearchHit(d["url"][0], d["title"][0], snip or d["body"][0][:300], d["date"][0])
+                for d, snip in zip(docs, snippets, strict=True)]
+
+    def get(self, url: str) -> Document | None:
+        """The corpus document at `url` (any spelling that normalizes the same), or None."""
+        import tantivy
+
+        q = tantivy.Query.term_query(self._index.schema, "url_key", normalize_url(url))
+        with self._lock:
+            hits = self._searcher.search(q, 1).hits
+            if not hits:
+                return None
+            d = self._searcher.doc(hits[0][1])
+        return Document(d["url"][0], d["title"][0], d["body"][0], d["description"][0], d["date"][0], "local")
+
+    def __len__(self) -> int:
+        return self._searcher.num_docs

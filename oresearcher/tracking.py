@@ -1,0 +1,45 @@
+"""MLflow for every stage: one experiment per config, metrics namespaced by stage (`synth/...`, `env/...`).
+
+The active MLflow run is thread-local and Prefect runs tasks in threads, so stages pass `run_id` explicitly
+and log through an `MlflowClient` rather than the fluent API.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from contextlib import contextmanager
+
+from oresearcher.config import REPO_ROOT, Settings, flat_params
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextmanager
+def stage_run(cfg: Settings, stage: str, tags: dict[str, str] | None = None):
+    """Start an MLflow run for `stage` with the config as params; yields (client, run_id)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(cfg.mlflow.resolved_uri())
+    client = MlflowClient(cfg.mlflow.resolved_uri())
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment)
+    run = client.create_run(exp_id, run_name=stage, tags={"stage": stage, "config": cfg.name,
+                                                          "git_commit": git_commit(), **(tags or {})})
+    run_id = run.info.run_id
+    params = flat_params(cfg)
+    for start in range(0, len(params), 100):  # MLflow caps a batch at 100 params
+        chunk = list(params.items())[start : start + 100]
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in chunk])
+    status = "FAILED"
+    try:
+        yield client, run_id
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)

@@ -1,0 +1,1 @@
+"""Prefect tasks: small, typed, one job each. Flows in `flows/` compose them into the paper's pipeline."""
