@@ -367,7 +367,6 @@ class Rule(StrEnum):
     STRAY_CLOSING_TAG = "stray_closing_tag"
     EMPTY_BLOCK = "empty_block"
     SUBTASK_LIST_NOT_FIRST = "subtask_list_not_first"
-    EMPTY_SUBTASK_LIST = "empty_subtask_list"
     DUPLICATE_SUBTASK_LIST = "duplicate_subtask_list"
     SUBTASK_COUNT_MISMATCH = "subtask_count_mismatch"
     NO_SUBTASK = "no_subtask"
@@ -435,6 +434,9 @@ def validate(text: str, *, check_report: bool = True) -> list[Violation]:
             add((Rule.BAD_TOOL_ARGS, err, seg.start))
 
     tagged = [s for s in segs if s.tag != TEXT]
+    if not tagged:
+        add((Rule.SUBTASK_LIST_NOT_FIRST, "no tagged blocks at all: the trace must open with <subtask_list>", 0))
+        return _located(text, found)
     _check_outline(trace, tagged, add)
     _check_subtasks(tagged, add)
     if check_report and trace.report is not None:
@@ -450,8 +452,6 @@ def _check_outline(trace: ParsedTrace, tagged: list[Segment], add) -> None:
         add((Rule.SUBTASK_LIST_NOT_FIRST, "the trace must open with <subtask_list>", where))
     for extra in lists[1:]:
         add((Rule.DUPLICATE_SUBTASK_LIST, "a second <subtask_list>", extra.start))
-    if lists and lists[0].content and not trace.subtask_list:
-        add((Rule.EMPTY_SUBTASK_LIST, "<subtask_list> lists no subtasks", lists[0].start))
     n_sub = sum(s.tag == SUBTASK for s in tagged)
     if n_sub == 0:
         add((Rule.NO_SUBTASK, "the trace has no <subtask>", 0))

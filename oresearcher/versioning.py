@@ -13,8 +13,6 @@ from pathlib import Path
 
 import yaml
 
-from oresearcher.config import REPO_ROOT
-
 
 class VersioningError(RuntimeError):
     pass
@@ -27,8 +25,12 @@ def _dvc(args: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
-def is_dvc_repo(root: Path = REPO_ROOT) -> bool:
-    return (root / ".dvc").is_dir()
+def dvc_root(path: Path) -> Path | None:
+    """The DVC repository holding `path` (the nearest parent with a .dvc folder), if any."""
+    for parent in [Path(path).resolve(), *Path(path).resolve().parents]:
+        if (parent / ".dvc").is_dir():
+            return parent
+    return None
 
 
 def checkpoint_sqlite(data_dir: Path) -> None:
@@ -38,11 +40,14 @@ def checkpoint_sqlite(data_dir: Path) -> None:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def version_data(data_dir: Path, root: Path = REPO_ROOT, push: bool = True) -> str:
-    """`dvc add` the data tree (and push it); returns its DVC hash (the version id)."""
+def version_data(data_dir: Path, push: bool = True) -> str:
+    """`dvc add` the data tree (and push it to the default remote); returns its DVC hash (the version id)."""
     data_dir = Path(data_dir).resolve()
+    root = dvc_root(data_dir.parent)
+    if root is None:
+        raise VersioningError(f"{data_dir} is not inside a DVC repository (run `dvc init`)")
     checkpoint_sqlite(data_dir)
-    rel = data_dir.relative_to(root.resolve())
+    rel = data_dir.relative_to(root)
     _dvc(["add", "--quiet", str(rel)], root)
     if push:
         _dvc(["push", "--quiet", str(rel) + ".dvc"], root)

@@ -10,9 +10,9 @@ from oresearcher.config import Settings
 @task(name="version-data")
 def version_data(cfg: Settings) -> str | None:
     """Record a new DVC version of the data tree and push it; None when the checkout has no DVC repo."""
-    from oresearcher.versioning import is_dvc_repo
+    from oresearcher.versioning import dvc_root
     from oresearcher.versioning import version_data as dvc_version
 
-    if not is_dvc_repo():
+    if dvc_root(cfg.paths.data.parent) is None:
         return None
     return dvc_version(cfg.paths.data)

@@ -69,7 +69,8 @@ class AddressPolicy:
             ip = ip.ipv4_mapped
         kind = _forbidden_kind(ip)
         if kind:
-            raise CrawlRefused(f"refused: {host} resolves to {kind} address {ip} (not allowed for crawling)")
+            what = f"is a {kind} address" if host.strip("[]") == str(ip) else f"resolves to {kind} address {ip}"
+            raise CrawlRefused(f"refused: {host} {what} (not allowed for crawling; see research.crawl.allow_hosts)")
 
     def check_url(self, url: str) -> tuple[str, int]:
         """Scheme and literal-address checks before any network use; returns (host, port)."""
@@ -110,9 +111,9 @@ def _is_network(entry: str) -> bool:
 
 
 def _forbidden_kind(ip: IPAddress) -> str | None:
-    for kind, flag in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
-                       ("private", ip.is_private), ("multicast", ip.is_multicast),
-                       ("unspecified", ip.is_unspecified), ("reserved", ip.is_reserved)):
+    for kind, flag in (("loopback", ip.is_loopback), ("unspecified", ip.is_unspecified),
+                       ("link-local", ip.is_link_local), ("private", ip.is_private),
+                       ("multicast", ip.is_multicast), ("reserved", ip.is_reserved)):
         if flag:
             return kind
     if not ip.is_global:

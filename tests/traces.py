@@ -1,0 +1,34 @@
+"""Trace text builders for tests, written with the grammar module's own helpers."""
+
+from __future__ import annotations
+
+from oresearcher import grammar as g
+
+URL = "https://en.wikipedia.org/wiki/Black_Death"
+
+
+def valid_trace(report: str | None = None) -> str:
+    report = report or (
+        "## Introduction\nThe Black Death killed up to half of Europe [1].\n\n## Body\nIt was caused by "
+        "Yersinia pestis [1]. Wages rose afterwards [2].\n\n## Conclusion\nA turning point [1][2].\n\n"
+        f"## References\n[1]. {URL} - Black Death\n[2]. https://en.wikipedia.org/wiki/Peasants%27_Revolt - "
+        "Peasants' Revolt")
+    return "\n".join([
+        g.block(g.SUBTASK_LIST, "1. Causes of the Black Death\n2. Economic effects"),
+        g.block(g.SUBTASK, "Causes of the Black Death"),
+        g.block(g.THINK, "I need the cause of the pandemic."),
+        g.block(g.PLAN, "Search, then read the main article."),
+        g.tool_call_text(g.WEB_SEARCH, ["causes of the Black Death", "Yersinia pestis"], 5),
+        g.observation_text(f"1. [Black Death]({URL})\n   The Black Death was a plague pandemic."),
+        g.block(g.THINK, "Read the article."),
+        g.tool_call_text(g.CRAWL_PAGE, [URL]),
+        g.observation_text("## [Black Death](" + URL + ")\n\nCaused by the bacterium Yersinia pestis."),
+        g.block(g.SUBTASK_ANSWER, f"Yersinia pestis, spread by fleas [{URL}]."),
+        g.block(g.SUBTASK, "Economic effects"),
+        g.block(g.THINK, "Wages after the plague."),
+        g.block(g.PLAN, "Search wages."),
+        g.tool_call_text(g.WEB_SEARCH, ["Black Death wages"]),
+        g.observation_text("1. [Peasants' Revolt](https://en.wikipedia.org/wiki/Peasants%27_Revolt)"),
+        g.block(g.SUBTASK_ANSWER, "Labour shortages raised wages."),
+        g.block(g.SUGGESTED_ANSWER, report),
+    ])
