@@ -16,7 +16,8 @@ from pathlib import Path
 
 from oresearcher.research.corpus import Document, corpus_fingerprint, load_corpus, normalize_url
 
-SCHEMA_VERSION = "v1-en_stem"
+SCHEMA_VERSION = "v2-content-stop-stem"
+ANALYZER = "en_stop_stem"
 _QUERY_SYNTAX = re.compile(r"[+\-!(){}\[\]^\"~*?:\\/<>&|']")
 
 
@@ -28,13 +29,25 @@ class SearchHit:
     date: str = ""
 
 
+def _analyzer():
+    import tantivy
+
+    return (tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).filter(tantivy.Filter.remove_long(40))
+            .filter(tantivy.Filter.lowercase()).filter(tantivy.Filter.stopword("english"))
+            .filter(tantivy.Filter.stemmer("english")).build())
+
+
 def _schema():
     import tantivy
 
+    # Ranking uses one `content` field (title twice, description, body): per-field BM25 over a short title
+    # field lets single title words dominate ("apart" -> "Apartment"); one field measured better on
+    # benchmarks/search_queries.jsonl. `body` is indexed only so snippets can highlight the query's terms.
     sb = tantivy.SchemaBuilder()
-    sb.add_text_field("title", stored=True, tokenizer_name="en_stem")
-    sb.add_text_field("body", stored=True, tokenizer_name="en_stem")
-    sb.add_text_field("description", stored=True, tokenizer_name="en_stem")
+    sb.add_text_field("content", stored=False, tokenizer_name=ANALYZER)
+    sb.add_text_field("title", stored=True, tokenizer_name=ANALYZER)
+    sb.add_text_field("body", stored=True, tokenizer_name=ANALYZER)
+    sb.add_text_field("description", stored=True, tokenizer_name="raw", index_option="basic")
     sb.add_text_field("url", stored=True, tokenizer_name="raw")
     sb.add_text_field("url_key", stored=False, tokenizer_name="raw")
     sb.add_text_field("date", stored=True, tokenizer_name="raw")
@@ -53,6 +66,7 @@ class LocalIndex:
         if not (self.path / ".complete").exists():
             self._build()
         self._index = tantivy.Index.open(str(self.path))
+        self._index.register_tokenizer(ANALYZER, _analyzer())
         self._searcher = self._index.searcher()
         self._lock = threading.Lock()
 
@@ -67,6 +81,7 @@ class LocalIndex:
         tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=self.path.parent))
         try:
             index = tantivy.Index(_schema(), path=str(tmp))
+            index.register_tokenizer(ANALYZER, _analyzer())
             writer = index.writer(heap_size=64 * 1024 * 1024, num_threads=1)
             seen: set[str] = set()
             for spec in self.corpora:
@@ -75,8 +90,9 @@ class LocalIndex:
                     if key in seen:
                         continue  # the same page in two corpora: keep the first
                     seen.add(key)
+                    content = f"{doc.title}\n{doc.title}\n{doc.description}\n{doc.text}"
                     writer.add_document(tantivy.Document(
-                        title=doc.title, body=doc.text, description=doc.description, url=doc.url,
+                        content=content, title=doc.title, body=doc.text, description=doc.description, url=doc.url,
                         url_key=key, date=doc.date))
             writer.commit()
             writer.wait_merging_threads()
@@ -90,18 +106,18 @@ class LocalIndex:
             raise
 
     def search(self, query: str, k: int = 10) -> list[SearchHit]:
-        """Top-k BM25 hits for a free-text query; titles weigh more than bodies."""
+        """Top-k BM25 hits for a free-text query, with a snippet of each body around the query's terms."""
         import tantivy
 
         text = _QUERY_SYNTAX.sub(" ", query).strip()
         if not text:
             return []
-        q, _errors = self._index.parse_query_lenient(
-            text, ["title", "body", "description"], field_boosts={"title": 3.0, "description": 1.5})
+        q, _errors = self._index.parse_query_lenient(text, ["content"])
+        snippet_q, _errors = self._index.parse_query_lenient(text, ["body"])
         with self._lock:
             result = self._searcher.search(q, k)
             docs = [self._searcher.doc(addr) for _score, addr in result.hits]
-            gen = tantivy.SnippetGenerator.create(self._searcher, q, self._index.schema, "body")
+            gen = tantivy.SnippetGenerator.create(self._searcher, snippet_q, self._index.schema, "body")
             gen.set_max_num_chars(300)
             snippets = [gen.snippet_from_doc(d).fragment() for d in docs]
         return [SearchHit(d["url"][0], d["title"][0], snip or d["body"][0][:300], d["date"][0])
