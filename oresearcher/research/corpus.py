@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from oresearcher.config import REPO_ROOT
 
-DRG_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "drg" / "clueweb_sample.jsonl"
+# The workplace's shared evaluation data sits beside the checkout; ORESEARCHER_SHARED_DATA points elsewhere.
+SHARED_DATA = Path(os.environ.get("ORESEARCHER_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+DRG_SAMPLE = SHARED_DATA / "drg" / "clueweb_sample.jsonl"
 FOLDER_SUFFIXES = (".md", ".txt", ".html", ".htm", ".jsonl")
 
 
@@ -151,6 +154,8 @@ def _source_files(spec: str) -> list[Path]:
     if spec == "wiki":
         return [wiki_file()]
     if spec == "drg":
+        if not DRG_SAMPLE.exists():
+            raise CorpusError(f"DeepResearchGym sample not found at {DRG_SAMPLE} (set ORESEARCHER_SHARED_DATA)")
         return [DRG_SAMPLE]
     folder = Path(spec).expanduser()
     if not folder.is_dir():
@@ -163,7 +168,8 @@ def corpus_fingerprint(specs: list[str], schema_version: str) -> str:
     h = hashlib.sha256(schema_version.encode())
     for spec in specs:
         for path in _source_files(spec):
-            h.update(str(path.name).encode())
+            folder = None if spec in ("wiki", "drg") else Path(spec).expanduser()
+            h.update(str(path.relative_to(folder) if folder else path.name).encode())
             with path.open("rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
