@@ -60,10 +60,30 @@ def cmd_model_prepare(args) -> int:
     return 0
 
 
+def cmd_ingest(args) -> int:
+    from flows.ingest import ingest
+
+    result = ingest(paths=args.files, config_path=args.config, overrides=args.overrides)
+    print(f"seed version {result['seed_version']}: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+    return 0
+
+
+def cmd_synthesize(args) -> int:
+    import asyncio
+
+    from flows.synthesize import synthesize
+
+    result = asyncio.run(synthesize(config_path=args.config, overrides=args.overrides))
+    print(", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, dict)))
+    return 0 if result["status"] in ("complete", "budget_spent") else 1
+
+
 def cmd_run(args) -> int:
+    import asyncio
+
     from flows.pipeline import pipeline
 
-    pipeline(config_path=args.config, overrides=args.overrides)
+    asyncio.run(pipeline(config_path=args.config, overrides=args.overrides))
     return 0
 
 
@@ -96,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_model_prepare)
 
+    p = sub.add_parser("ingest", help="validate and version seed query files (JSONL, CSV, Parquet, text)")
+    p.add_argument("files", nargs="+")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("synthesize", help="synthesize multi-agent traces for the current seed version")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_synthesize)
+
     p = sub.add_parser("run", help="run the pipeline flow on a config")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
@@ -107,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     from oresearcher.config import ConfigError
     from oresearcher.research.corpus import CorpusError
     from oresearcher.research.tape import TapeMiss
+    from oresearcher.seeds import IngestError
 
     try:
         return args.func(args)
-    except (ConfigError, CorpusError, TapeMiss, FileNotFoundError) as e:
+    except (ConfigError, CorpusError, TapeMiss, FileNotFoundError, IngestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `oresearcher ... | head`

@@ -47,11 +47,35 @@ class PathsConfig(Section):
 
 
 class ModelConfig(Section):
+    """A model and how to call it. Every model call in the project goes through `models.llm.LLMClient`."""
+
     name: str = Field("smollm2-135m-instruct",
                       description="'smollm2-135m-instruct' (embedded), a Hugging Face id or a local directory")
     backend: Literal["local", "openai", "vllm"] = "local"
     max_context_tokens: int = Field(8192, ge=512)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # generation defaults
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(512, ge=1)
+    # openai backend: any OpenAI-compatible endpoint (vLLM server, llama.cpp server, OpenAI)
+    base_url: str = "http://127.0.0.1:8000/v1"
+    served_name: str | None = Field(None, description="model name sent to the API (default: name)")
+    api_key_env: str | None = Field(None, description="env var holding the API key; never the key itself")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=20)
+    max_concurrency: int = Field(16, ge=1, description="requests in flight at once")
+    requests_per_minute: float | None = Field(None, gt=0)
+    # local backend: dynamic batching of requests that arrive together
+    max_batch: int = Field(8, ge=1)
+    batch_window_ms: float = Field(25.0, ge=0)
+    # pricing for the cost ledger, USD per million tokens
+    price_in_per_mtok: float = Field(0.0, ge=0)
+    price_out_per_mtok: float = Field(0.0, ge=0)
+
+    @property
+    def api_model(self) -> str:
+        return self.served_name or self.name
 
 
 class SearchConfig(Section):
@@ -122,11 +146,42 @@ class MlflowConfig(Section):
         return self.tracking_uri
 
 
+class IngestConfig(Section):
+    min_chars: int = Field(15, ge=1)
+    max_chars: int = Field(2000, ge=10)
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="Jaccard of character 5-grams")
+    contamination_threshold: float = Field(0.6, gt=0, le=1, description="similarity to an evaluation query")
+    drop_contaminated: bool = Field(True, description="keep evaluation look-alikes out of the seed version")
+    eval_sets: list[Literal["drb", "drg"]] = ["drb", "drg"]
+    default_seeds: Path = Field(Path("seeds/default.jsonl"), description="what `make run` ingests")
+
+
+class SynthesisConfig(Section):
+    teacher: ModelConfig = ModelConfig()
+    candidates_per_seed: int = Field(1, ge=1, le=16, description="k traces per seed")
+    max_subtasks: int = Field(3, ge=1, le=10)
+    max_steps: int = Field(10, ge=1, description="reasoning steps per subtask agent (paper: 10 is best)")
+    max_tool_calls: int = Field(8, ge=1, description="tool calls per subtask")
+    max_tool_errors: int = Field(10, ge=1, description="give up a subtask after this many tool errors")
+    same_kind_window: int = Field(15, ge=2, description="give up when this many last steps are all one kind")
+    parallel_subtasks: bool = True
+    prefill_think: bool = Field(False, description="start each agent step with '<think>' for the model "
+                                                   "(helps small models; needs a backend that continues a prefill)")
+    concurrency: int = Field(4, ge=1, description="seeds synthesized at once")
+    max_cost_usd: float | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    seed_retries: int = Field(2, ge=0, description="Prefect retries of a seed's task on unexpected errors")
+    limit: int | None = Field(None, ge=1, description="only the first N seeds (smoke runs)")
+    mlflow_traces: bool = Field(True, description="log agent and tool spans as MLflow traces")
+
+
 class Settings(Section):
     name: str = "tiny"
     paths: PathsConfig = PathsConfig()
     model: ModelConfig = ModelConfig()
     research: ResearchConfig = ResearchConfig()
+    ingest: IngestConfig = IngestConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
 

@@ -250,6 +250,21 @@ def observation_text(result: str) -> str:
     return block(OBSERVATION, result)
 
 
+def complete_stop(generated: str, stop_sequence: str | None, stops: tuple[str, ...] = STOP_SEQUENCES) -> str:
+    """Put back the closing tag a generation stopped on (APIs strip the stop sequence from the text).
+
+    When the backend does not say which stop matched, an unclosed final block whose closing tag is one of
+    `stops` is closed: that is the only way generation can have stopped there.
+    """
+    if stop_sequence:
+        return generated + stop_sequence
+    segments, _ = parse_segments(generated)
+    if segments and not segments[-1].closed and f"</{segments[-1].tag}>" in stops:
+        return generated.rstrip() + f"</{segments[-1].tag}>" if segments[-1].tag in TOOL_TAGS else \
+            generated.rstrip() + f"\n</{segments[-1].tag}>"
+    return generated
+
+
 def last_tool_call(generated: str) -> ToolCall | None:
     """The tool call a generation stopped on (text ending at, or just before, a tool's closing tag)."""
     segments, _ = parse_segments(generated)
@@ -340,6 +355,11 @@ def _expand_citation_group(group: str) -> list[int]:
         else:
             numbers.append(int(part))
     return numbers
+
+
+def rewrite_citations(body: str, rewrite) -> str:
+    """Replace each in-text citation group with `rewrite(numbers)` (e.g. renumbering, or dropping unknown ones)."""
+    return _CITE_GROUP_RE.sub(lambda m: rewrite(_expand_citation_group(m.group(1))), body)
 
 
 def strip_citations(report: str) -> str:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-import threading
 import time
 from pathlib import Path
+
+from oresearcher.sqlite import ThreadLocalDB
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (sha TEXT PRIMARY KEY, content TEXT NOT NULL);
@@ -41,23 +41,10 @@ def call_key(backend: str, tool: str, args: dict) -> str:
 class Tape:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._conn() as db:
-            db.executescript(_SCHEMA)
-
-    def _conn(self) -> sqlite3.Connection:
-        # One connection per thread: sqlite3 connections must not cross threads.
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
+        self.db = ThreadLocalDB(self.path, _SCHEMA)
 
     def get(self, backend: str, tool: str, args: dict) -> dict | None:
-        row = self._conn().execute(
+        row = self.db.conn().execute(
             "SELECT b.content FROM calls c JOIN blobs b ON b.sha = c.result_sha WHERE c.key = ?",
             (call_key(backend, tool, args),)).fetchone()
         return json.loads(row[0]) if row else None
@@ -65,22 +52,17 @@ class Tape:
     def put(self, backend: str, tool: str, args: dict, result: dict) -> None:
         content = json.dumps(result, sort_keys=True, ensure_ascii=False)
         sha = hashlib.sha256(content.encode()).hexdigest()
-        db = self._conn()
-        with db:  # one transaction: a call never points at a missing blob
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT OR IGNORE INTO blobs (sha, content) VALUES (?, ?)", (sha, content))
-            db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?)",
-                       (call_key(backend, tool, args), backend, tool, json.dumps(args, sort_keys=True), sha,
-                        time.time()))
+        self.db.write([  # one transaction: a call never points at a missing blob
+            ("INSERT OR IGNORE INTO blobs (sha, content) VALUES (?, ?)", (sha, content)),
+            ("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?)",
+             (call_key(backend, tool, args), backend, tool, json.dumps(args, sort_keys=True), sha, time.time())),
+        ])
 
     def stats(self) -> dict[str, int]:
-        db = self._conn()
+        db = self.db.conn()
         calls = dict(db.execute("SELECT tool, COUNT(*) FROM calls GROUP BY tool").fetchall())
         return {"calls": sum(calls.values()), **{f"calls.{k}": v for k, v in calls.items()},
                 "blobs": db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]}
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.db.close()

@@ -1,0 +1,181 @@
+"""Synthesis benchmark: the engine against a real OpenAI-compatible server on 127.0.0.1 with a fixed latency.
+
+    python benchmarks/synthesis.py [--quick]
+
+Prints, each measured side by side in one run:
+1. traces/s at seed concurrency 1, 4, 16, 64 against the ideal for the server's latency (a trace's critical
+   path is planner + one subtask agent's calls + summarizer, since the subtask agents run concurrently);
+2. parallel vs sequential subtask agents on the same seeds: wall time of the subtask phase and of whole traces;
+3. wall time per seed and peak memory (RSS) at 100 and 1,000 seeds, each in a fresh process;
+4. the `local` backend (the embedded SmolLM2 in transformers): tokens/s with 8 concurrent requests vs one at a
+   time, the dynamic batcher against plain sequential calls.
+The engine is the one the `synthesize` flow runs per seed (`oresearcher.synthesis`), without Prefect's
+per-task overhead, which is constant per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from teacher_api import TeacherAPI  # noqa: E402
+
+SUBTASKS, TOOL_STEPS = 3, 2
+CALLS_ON_CRITICAL_PATH = 1 + (TOOL_STEPS + 1) + 1  # planner, one agent's steps, summarizer
+
+
+def bench_seeds(n: int):
+    """n distinct research queries (benchmark inputs only; never training seeds)."""
+    from oresearcher.seeds import Seed, seed_id
+
+    topics = ["printing", "plague", "volcanoes", "coffee", "steam engines", "vaccines", "the Silk Road", "bees"]
+    queries = [f"Question {i}: how did {topics[i % len(topics)]} shape history and daily life (case {i})?"
+               for i in range(n)]
+    return [Seed(seed_id(q), q, "benchmark", i) for i, q in enumerate(queries)]
+
+
+def run_engine(api: TeacherAPI, seeds, concurrency: int, parallel: bool = True) -> tuple[float, list[dict]]:
+    from models.llm import LLMStore, make_client
+    from oresearcher.config import load_config
+    from oresearcher.research.environment import ResearchEnvironment
+    from oresearcher.store import JsonlStore
+    from oresearcher.synthesis import SynthesisContext, run_seeds
+
+    data = Path(tempfile.mkdtemp(prefix="bench-synth-"))
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        f"paths.data_dir={data}", f"research.tape.path={data / 'tape.sqlite'}", "synthesis.teacher.backend=openai",
+        f"synthesis.teacher.base_url={api.base_url}",
+        f"synthesis.teacher.max_concurrency={concurrency * SUBTASKS}",
+        f"synthesis.max_subtasks={SUBTASKS}", f"synthesis.concurrency={concurrency}",
+        f"synthesis.parallel_subtasks={str(parallel).lower()}", "synthesis.prefill_think=false",
+        "synthesis.mlflow_traces=false"])
+    store = JsonlStore(data / "traces.jsonl", ("seed_id", "candidate"))
+    client = make_client(cfg.synthesis.teacher, store=LLMStore(data / "llm.sqlite"))
+    ctx = SynthesisContext(cfg, client, ResearchEnvironment.from_config(cfg), store, "bench")
+
+    async def go():
+        try:
+            await run_seeds(seeds, ctx)
+        finally:
+            await client.aclose()
+
+    start = time.perf_counter()
+    asyncio.run(go())
+    wall = time.perf_counter() - start
+    records = list(store)
+    assert len(records) == len(seeds) and all(r["failure"] is None for r in records), "benchmark run had failures"
+    return wall, records
+
+
+def throughput(latency: float, quick: bool) -> None:
+    print(f"\n1. traces/s vs concurrency (server latency {latency * 1000:.0f} ms, {SUBTASKS} subtasks x "
+          f"{TOOL_STEPS} tool calls; ideal = concurrency / ({CALLS_ON_CRITICAL_PATH} x latency))")
+    print(f"{'concurrency':>12}{'seeds':>8}{'traces/s':>10}{'ideal':>8}{'of ideal':>10}")
+    with TeacherAPI(latency_s=latency, tool_steps=TOOL_STEPS, subtasks=SUBTASKS) as api:
+        for c in (1, 4, 16, 64):
+            n = max(4, c * (2 if quick else 3))
+            wall, _ = run_engine(api, bench_seeds(n), c)
+            ideal = c / (CALLS_ON_CRITICAL_PATH * latency)
+            print(f"{c:>12}{n:>8}{n / wall:>10.2f}{ideal:>8.2f}{n / wall / ideal:>9.0%}")
+
+
+def parallel_vs_sequential(latency: float) -> None:
+    seeds = bench_seeds(8)
+    with TeacherAPI(latency_s=latency, tool_steps=TOOL_STEPS, subtasks=SUBTASKS) as api:
+        par_wall, par = run_engine(api, seeds, 8, parallel=True)
+        seq_wall, seq = run_engine(api, seeds, 8, parallel=False)
+    par_phase = sum(r["timings"]["subtasks_s"] for r in par) / len(par)
+    seq_phase = sum(r["timings"]["subtasks_s"] for r in seq) / len(seq)
+    print(f"\n2. parallel vs sequential subtask agents ({len(seeds)} seeds, {SUBTASKS} subtasks each, same seeds)")
+    print(f"   subtask phase per trace: sequential {seq_phase:.2f} s, parallel {par_phase:.2f} s -> "
+          f"{seq_phase / par_phase:.2f}x (target >= {0.8 * SUBTASKS:.1f}x = 0.8 x {SUBTASKS} subtasks)")
+    ideal_whole = (2 + SUBTASKS * (TOOL_STEPS + 1)) / CALLS_ON_CRITICAL_PATH
+    print(f"   whole run: sequential {seq_wall:.2f} s, parallel {par_wall:.2f} s -> {seq_wall / par_wall:.2f}x "
+          f"(at most {ideal_whole:.2f}x here: planner and summarizer are not parallel)")
+
+
+def scaling_child(n: int, latency: float) -> None:
+    """Run in a fresh process: wall time per seed and peak RSS for n seeds."""
+    with TeacherAPI(latency_s=latency, tool_steps=TOOL_STEPS, subtasks=SUBTASKS) as api:
+        wall, _ = run_engine(api, bench_seeds(n), 64)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seeds": n, "wall_s": wall, "per_seed_ms": 1000 * wall / n, "peak_rss_mb": peak_mb}))
+
+
+def scaling(latency: float, sizes: tuple[int, int]) -> None:
+    rows = []
+    for n in sizes:
+        out = subprocess.run([sys.executable, __file__, "--scaling-child", str(n), "--latency", str(latency)],
+                             capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"\n3. scaling at concurrency 64 (latency {latency * 1000:.0f} ms), each size in a fresh process")
+    for r in rows:
+        print(f"   {r['seeds']:>5} seeds: {r['wall_s']:7.1f} s, {r['per_seed_ms']:6.1f} ms/seed, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    a, b = rows
+    print(f"   per-seed time {b['seeds']}/{a['seeds']} seeds: {b['per_seed_ms'] / a['per_seed_ms']:.2f}x; "
+          f"peak memory: {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x for {b['seeds'] // a['seeds']}x the seeds")
+
+
+def local_batching(n_concurrent: int = 8, max_tokens: int = 48) -> None:
+    from models.llm import make_client
+    from oresearcher.config import load_config
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml").synthesis.teacher
+    client = make_client(cfg.model_copy(update={"max_batch": n_concurrent, "batch_window_ms": 50}))
+    prompts = [[{"role": "user", "content": f"Tell me a long story about explorer number {i} and the sea."}]
+               for i in range(n_concurrent)]
+
+    async def one_at_a_time():
+        toks = 0
+        for p in prompts[:4]:
+            toks += (await client.chat(p, max_tokens=max_tokens, temperature=0)).completion_tokens
+        return toks
+
+    async def together():
+        rs = await asyncio.gather(*[client.chat(p + [{"role": "user", "content": "Go."}], max_tokens=max_tokens,
+                                                temperature=0) for p in prompts])
+        return sum(r.completion_tokens for r in rs)
+
+    asyncio.run(client.chat(prompts[0], max_tokens=4, temperature=0))  # load and warm up
+    t = time.perf_counter()
+    seq_tokens = asyncio.run(one_at_a_time())
+    seq_tps = seq_tokens / (time.perf_counter() - t)
+    t = time.perf_counter()
+    par_tokens = asyncio.run(together())
+    par_tps = par_tokens / (time.perf_counter() - t)
+    print(f"\n4. local backend (SmolLM2-135M, transformers, CPU): one at a time {seq_tps:.1f} tokens/s, "
+          f"{n_concurrent} concurrent {par_tps:.1f} tokens/s -> {par_tps / seq_tps:.2f}x "
+          f"(batches seen: {sorted(set(client.backend.batch_sizes))})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer seeds, 100/300 for scaling")
+    parser.add_argument("--latency", type=float, default=0.5,
+                        help="server latency in seconds (real teacher calls take seconds; 0.5 keeps the run short)")
+    parser.add_argument("--scaling-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scaling_child:
+        scaling_child(args.scaling_child, args.latency)
+        return
+    throughput(args.latency, args.quick)
+    parallel_vs_sequential(args.latency)
+    scaling(0.02, (100, 300) if args.quick else (100, 1000))
+    local_batching()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""A stand-in for a paid teacher API: a real OpenAI-compatible HTTP server on 127.0.0.1 with a fixed latency.
+
+Used by `benchmarks/synthesis.py` and by the fault and crash tests; never by the pipeline itself. It plays
+the three roles the synthesis prompts ask for (recognised from the system prompt) with well-formed, scripted
+answers, deterministic per request, so a re-run sends identical requests and the response cache can prove
+that no paid call is repeated. Faults (429 with Retry-After, 500, timeouts, malformed JSON, empty
+completions) are injected at configurable rates.
+
+    with TeacherAPI(latency_s=0.1, tool_steps=2) as api:   # serves from its own process
+        ... model.base_url = api.base_url ...
+        api.stats()   # requests, completions, faults by kind
+
+The server runs in a separate process (`python benchmarks/teacher_api.py --port N ...`), so its work never
+competes with the client's for the GIL, as with a real remote API.
+"""
+
+
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+
+FAULTS = ("rate_limit", "server_error", "timeout", "malformed", "empty")
+
+
+class TeacherAPI:
+    def __init__(self, latency_s: float = 0.05, tool_steps: int = 2, subtasks: int = 3,
+                 faults: dict[str, float] | None = None, timeout_sleep_s: float = 5.0, seed: int = 0):
+        self.latency_s, self.tool_steps, self.subtasks = latency_s, tool_steps, subtasks
+        self.faults = faults or {}
+        self.timeout_sleep_s = timeout_sleep_s
+        self.rng = random.Random(seed)
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.port = _free_port()
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, int]:
+        if self._proc is not None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=10) as resp:
+                return json.loads(resp.read())
+        with self.lock:
+            return dict(self.counts)
+
+    # ---------------------------------------------------------------------------------------------- answers
+    def answer(self, body: dict) -> tuple[str, str | None]:
+        """(text, stop sequence matched) for a chat request, by the role its system prompt gives."""
+        messages = body["messages"]
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+        user = next((m["content"] for m in messages if m["role"] == "user"), "")
+        digest = hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:6]
+        if "planner" in system:
+            topic = user.rstrip("?.")[:80]
+            return "\n".join(f"{i}. Aspect {i} of: {topic}" for i in range(1, self.subtasks + 1)), None
+        if "lead author" in system:
+            return (f"## Introduction\nThis report answers the question [1].\n\n## Findings\nThe evidence points "
+                    f"one way [1][2], with caveats [3].\n\n## Conclusion\nIn short, see the sources [2]. ({digest})"), None
+        # subtask agent: tool calls until `tool_steps` observations, then the answer
+        observations = [m["content"] for m in messages if m["role"] == "user" and "<observation>" in m["content"]]
+        last = messages[-1]
+        prefill = last["content"] if last["role"] == "assistant" else ""
+        if "<subtask_answer>" in prefill:
+            return f"The findings, from the pages read ({digest}).", "</subtask_answer>"
+        subtask = re.search(r"Your subtask: (.*)", user)
+        words = (subtask.group(1) if subtask else "topic")[:60]
+        head = "" if prefill.startswith("<think>") else "<think>\n"
+        if len(observations) < self.tool_steps:
+            return (f"{head}I need more evidence on {words} (step {len(observations) + 1}).\n</think>\n"
+                    f"<plan>\nSearch for it.\n</plan>\n<web_search>query={words} {len(observations)}&num=5"), \
+                "</web_search>"
+        urls = re.findall(r"\((https?://[^)\s]+)\)", observations[-1]) if observations else []
+        cite = f" [{urls[0]}]" if urls else ""
+        return (f"{head}I have enough.\n</think>\n<subtask_answer>\nThe answer to {words} is supported{cite}. "
+                f"({digest})"), "</subtask_answer>"
+
+    # ------------------------------------------------------------------------------------------------- server
+    def _app(self):
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse, PlainTextResponse
+
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            body = await request.json()
+            with self.lock:
+                self.counts["requests"] += 1
+                fault = next((f for f in FAULTS if self.rng.random() < self.faults.get(f, 0.0)), None)
+                if fault:
+                    self.counts[f"fault.{fault}"] += 1
+            await asyncio.sleep(self.latency_s)
+            if fault == "rate_limit":
+                return JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": "0"})
+            if fault == "server_error":
+                return JSONResponse({"error": "boom"}, status_code=500)
+            if fault == "timeout":
+                await asyncio.sleep(self.timeout_sleep_s)
+            if fault == "malformed":
+                return PlainTextResponse('{"choices": [{"message": ', media_type="application/json")
+            text, stop = ("", None) if fault == "empty" else self.answer(body)
+            with self.lock:
+                self.counts["completions"] += fault is None
+            prompt_tokens = sum(len(m["content"]) for m in body["messages"]) // 4
+            return {"id": "chatcmpl-test", "object": "chat.completion", "model": body.get("model", "teacher"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": "stop", "stop_reason": stop}],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": max(1, len(text) // 4)}}
+
+        @app.get("/stats")
+        async def stats():
+            with self.lock:
+                return dict(self.counts)
+
+        return app
+
+    def serve(self) -> None:
+        """Serve in this process until killed."""
+        import uvicorn
+
+        uvicorn.run(self._app(), host="127.0.0.1", port=self.port, log_level="error", limit_concurrency=2000,
+                    backlog=4096, timeout_keep_alive=60)
+
+    def __enter__(self) -> "TeacherAPI":
+        args = [sys.executable, __file__, "--port", str(self.port), "--latency", str(self.latency_s),
+                "--tool-steps", str(self.tool_steps), "--subtasks", str(self.subtasks),
+                "--timeout-sleep", str(self.timeout_sleep_s), "--faults", json.dumps(self.faults)]
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.stats()
+                return self
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"teacher API did not start: {self._proc.stderr.read().decode()[-2000:]}") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self._proc.kill()
+        self._proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="stand-in teacher API (OpenAI-compatible)")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--tool-steps", type=int, default=2)
+    parser.add_argument("--subtasks", type=int, default=3)
+    parser.add_argument("--timeout-sleep", type=float, default=5.0)
+    parser.add_argument("--faults", default="{}")
+    a = parser.parse_args()
+    api = TeacherAPI(a.latency, a.tool_steps, a.subtasks, json.loads(a.faults), a.timeout_sleep)
+    api.port = a.port
+    api.serve()

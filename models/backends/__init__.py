@@ -1,0 +1,1 @@
+"""LLM backends behind `models.llm.LLMClient`: openai (HTTP), local (transformers), vllm (GPU)."""

@@ -1,0 +1,80 @@
+"""Crash-safe files: atomic whole-file writes and an append-only JSONL record store.
+
+- `atomic_write_text`: write a temp file beside the target, fsync, rename. Readers see the old or the new
+  version, never half of one; a failed stage leaves the earlier version untouched.
+- `JsonlStore`: one JSON record per line, appended and fsynced one at a time. After a crash, a torn last line
+  is cut off on open and the ids already written are known, so a re-run skips finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class JsonlStore:
+    def __init__(self, path: Path, key_fields: tuple[str, ...]):
+        self.path = Path(path)
+        self.key_fields = key_fields
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.keys: set[tuple] = set()
+        self._repair_and_index()
+
+    def _key(self, record: dict) -> tuple:
+        return tuple(record[f] for f in self.key_fields)
+
+    def _repair_and_index(self) -> None:
+        if not self.path.exists():
+            return
+        raw = self.path.read_bytes()
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):  # a torn write from a crash: drop the partial line
+            with self.path.open("r+b") as f:
+                f.truncate(end)
+        for line in raw[:end].splitlines():
+            if line.strip():
+                self.keys.add(self._key(json.loads(line)))
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self.keys
+
+    def append(self, record: dict) -> bool:
+        """Write `record` unless its key is already stored; True if written."""
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            key = self._key(record)
+            if key in self.keys:
+                return False
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            self.keys.add(key)
+            return True
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.path.exists():
+            with self.path.open(encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        yield json.loads(line)

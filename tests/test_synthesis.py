@@ -1,0 +1,180 @@
+"""Synthesis against a stand-in teacher API on 127.0.0.1: valid traces, faults, crashes, budgets, the client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from teacher_api import TeacherAPI  # noqa: E402
+
+from models.llm import Budget, LLMStore, make_client  # noqa: E402
+from oresearcher import grammar as g  # noqa: E402
+from oresearcher.config import load_config  # noqa: E402
+from oresearcher.research.environment import ResearchEnvironment  # noqa: E402
+from oresearcher.seeds import ingest_files, write_seed_version  # noqa: E402
+from oresearcher.store import JsonlStore  # noqa: E402
+from oresearcher.synthesis import SynthesisContext, run_seeds, traces_path  # noqa: E402
+
+
+def settings(data: Path, api: TeacherAPI, *more: str):
+    return load_config(REPO / "configs" / "tiny.yaml", [
+        f"paths.data_dir={data}", f"research.tape.path={data / 'tape.sqlite'}",
+        f"mlflow.tracking_uri=sqlite:///{data.parent / 'mlflow.db'}",
+        "synthesis.teacher.backend=openai", f"synthesis.teacher.base_url={api.base_url}",
+        "synthesis.teacher.timeout_s=2", "synthesis.max_subtasks=3", "synthesis.limit=null",
+        "synthesis.prefill_think=false", "synthesis.mlflow_traces=false", *more])
+
+
+def write_seeds(cfg, n: int) -> None:
+    result = ingest_files([REPO / "seeds" / "default.jsonl"], cfg.ingest)
+    result.seeds = result.seeds[:n]
+    write_seed_version(result, cfg.paths.data, [REPO / "seeds" / "default.jsonl"])
+
+
+def run_engine(cfg, seeds, budget: Budget | None = None, **client_kw):
+    store = JsonlStore(traces_path(cfg.paths.data), ("seed_id", "candidate"))
+    client = make_client(cfg.synthesis.teacher, store=LLMStore(cfg.paths.data / "llm.sqlite"), budget=budget)
+    if "backoff" in client_kw:
+        client.backend.backoff_base_s = client_kw["backoff"]
+    ctx = SynthesisContext(cfg, client, ResearchEnvironment.from_config(cfg), store, "test")
+    outcomes = asyncio.run(run_seeds(seeds, ctx))
+    return list(store), outcomes
+
+
+def seeds_of(n: int):
+    return ingest_files([REPO / "seeds" / "default.jsonl"], load_config(REPO / "configs" / "tiny.yaml").ingest) \
+        .seeds[:n]
+
+
+def test_traces_from_a_well_behaved_teacher_are_valid(tmp_path):
+    with TeacherAPI(latency_s=0.01) as api:
+        cfg = settings(tmp_path / "data", api, "synthesis.candidates_per_seed=2")
+        records, _ = run_engine(cfg, seeds_of(3))
+    assert len(records) == 6 and {(r["seed_id"], r["candidate"]) for r in records} == \
+        {(s.id, k) for s in seeds_of(3) for k in (0, 1)}
+    for r in records:
+        assert r["failure"] is None and r["valid"], r["violations"]
+        parsed = g.parse(r["trace"])
+        assert len(parsed.subtasks) == 3 and all(len(st.tool_calls) == 2 for st in parsed.subtasks)
+        refs = g.references(parsed.report)
+        assert refs and {ref.url for ref in refs} <= g.observed_urls(parsed)  # only URLs actually observed
+        assert r["usage"]["calls"] == 1 + 3 * 3 + 1 and r["models"]["teacher"].startswith("openai:")
+
+
+def test_faults_end_every_seed_once_as_trace_or_recorded_failure(tmp_path):
+    faults = {"rate_limit": 0.08, "server_error": 0.08, "timeout": 0.03, "malformed": 0.05, "empty": 0.05}
+    seeds = seeds_of(12)
+    with TeacherAPI(latency_s=0.005, faults=faults, timeout_sleep_s=3) as api:
+        cfg = settings(tmp_path / "data", api, "synthesis.teacher.max_retries=2", "synthesis.concurrency=6")
+        records, _ = run_engine(cfg, seeds, backoff=0.01)
+        stats = api.stats()
+    assert sorted(r["seed_id"] for r in records) == sorted(s.id for s in seeds)  # each exactly once
+    assert all(stats.get(f"fault.{f}", 0) > 0 for f in faults), stats
+    for r in records:
+        assert (r["failure"] is None) != (r["trace"] == "")
+        if r["failure"]:
+            assert r["failure"].startswith("llm: ") and "attempts" in r["failure"]
+    assert any(r["failure"] is None and r["valid"] for r in records)
+
+
+def test_budget_stops_cleanly_and_a_rerun_continues(tmp_path):
+    seeds = seeds_of(6)
+    with TeacherAPI(latency_s=0.01) as api:
+        cfg = settings(tmp_path / "data", api, "synthesis.concurrency=1",
+                       "synthesis.teacher.price_in_per_mtok=100", "synthesis.teacher.price_out_per_mtok=100")
+        records, outcomes = run_engine(cfg, seeds, budget=Budget(max_cost_usd=1.0))
+        assert 0 < len(records) < len(seeds) and all(r["failure"] is None for r in records)
+        assert any(o.stopped == "budget_spent" for o in outcomes)
+        calls_before = api.stats()["completions"]
+        records, _ = run_engine(cfg, seeds, budget=Budget(max_cost_usd=1000.0))
+        assert sorted(r["seed_id"] for r in records) == sorted(s.id for s in seeds)
+        assert api.stats()["completions"] > calls_before
+
+
+def test_api_key_comes_from_env_and_is_never_stored(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_TEACHER_KEY", "sk-teacher-secret")
+    with TeacherAPI(latency_s=0.0) as api:
+        cfg = settings(tmp_path / "data", api, "synthesis.teacher.api_key_env=TEST_TEACHER_KEY")
+        records, _ = run_engine(cfg, seeds_of(1))
+    assert records[0]["valid"]
+    for path in (tmp_path / "data").rglob("*"):
+        if path.is_file():
+            assert b"sk-teacher-secret" not in path.read_bytes(), path
+
+
+def test_crash_midway_then_rerun_keeps_each_seed_once_and_repays_only_in_flight(tmp_path):
+    """SIGKILL the whole `oresearcher synthesize` process group mid-run, run again, compare with a clean run."""
+    n_seeds, concurrency = 8, 2
+    env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp_path / "prefect")}
+    with TeacherAPI(latency_s=0.15) as api:
+        clean = settings(tmp_path / "clean", api, f"synthesis.concurrency={concurrency}")
+        write_seeds(clean, n_seeds)
+        records, _ = run_engine(clean, seeds_of(n_seeds))
+        clean_calls = api.stats()["completions"]
+        assert len(records) == n_seeds
+
+        data = tmp_path / "crash"
+        cfg = settings(data, api, f"synthesis.concurrency={concurrency}")
+        write_seeds(cfg, n_seeds)
+        args = [sys.executable, "-m", "oresearcher.cli", "synthesize", "--config", str(REPO / "configs" / "tiny.yaml")]
+        overrides = [x for o in _overrides(data, api, concurrency) for x in ("--set", o)]
+        start = api.stats()["completions"]
+        proc = subprocess.Popen(args + overrides, env=env, cwd=REPO, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        store_path = traces_path(data)
+        deadline = time.monotonic() + 180
+        while not (store_path.exists() and store_path.read_text().count("\n") >= 3):
+            assert time.monotonic() < deadline and proc.poll() is None, "synthesis never got going"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # a machine crash: the server, Prefect and every thread die at once
+        proc.wait()
+        first_calls = api.stats()["completions"] - start
+        done_before = store_path.read_text().count("\n")
+        assert done_before < n_seeds, "killed too late to test anything"
+
+        rerun = subprocess.run(args + overrides, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        total_calls = api.stats()["completions"] - start
+
+    lines = [json.loads(line) for line in store_path.read_text().splitlines()]
+    assert sorted(r["seed_id"] for r in lines) == sorted(s.id for s in seeds_of(n_seeds))
+    in_flight_max = concurrency * 3  # each in-flight seed has at most its 3 parallel agents waiting on a call
+    assert clean_calls <= total_calls <= clean_calls + in_flight_max, (clean_calls, first_calls, total_calls)
+
+
+def _overrides(data: Path, api: TeacherAPI, concurrency: int) -> list[str]:
+    return [f"paths.data_dir={data}", f"research.tape.path={data / 'tape.sqlite'}",
+            f"mlflow.tracking_uri=sqlite:///{data.parent / 'mlflow-crash.db'}", "synthesis.teacher.backend=openai",
+            f"synthesis.teacher.base_url={api.base_url}", "synthesis.max_subtasks=3", "synthesis.limit=null",
+            "synthesis.prefill_think=false", "synthesis.mlflow_traces=false", f"synthesis.concurrency={concurrency}"]
+
+
+@pytest.mark.slow
+def test_local_backend_batches_concurrent_requests():
+    """The embedded model: concurrent requests share one generate call; stop sequences are honoured."""
+    cfg = load_config(REPO / "configs" / "tiny.yaml").synthesis.teacher
+    client = make_client(cfg.model_copy(update={"max_batch": 4, "batch_window_ms": 200}))
+
+    async def go():
+        ask = [{"role": "user", "content": "Write <web_search>query=cats</web_search> and nothing else."}]
+        return await asyncio.gather(*[client.chat(ask + [{"role": "user", "content": f"({i})"}], max_tokens=24,
+                                                  temperature=0, stop=["</web_search>"]) for i in range(4)])
+
+    responses = asyncio.run(go())
+    assert 4 in client.backend.batch_sizes
+    for r in responses:
+        assert r.prompt_tokens > 10 and 0 < r.completion_tokens <= 24
+        assert "</web_search>" not in r.text
+        assert r.choices[0].finish_reason in ("stop", "length")
