@@ -39,6 +39,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/search.py
+	$(PY) benchmarks/synthesis.py
 
 clean:
 	rm -rf $(VENV) .cache

@@ -42,6 +42,7 @@ class TeacherAPI:
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.in_flight = 0
         self.port = _free_port()
         self._proc: subprocess.Popen | None = None
 
@@ -99,9 +100,18 @@ class TeacherAPI:
             body = await request.json()
             with self.lock:
                 self.counts["requests"] += 1
+                self.in_flight += 1
+                self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self.in_flight)
                 fault = next((f for f in FAULTS if self.rng.random() < self.faults.get(f, 0.0)), None)
                 if fault:
                     self.counts[f"fault.{fault}"] += 1
+            try:
+                return await respond(body, fault)
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+
+        async def respond(body: dict, fault: str | None):
             await asyncio.sleep(self.latency_s)
             if fault == "rate_limit":
                 return JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": "0"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,9 @@ import pytest
 import yaml
 
 from oresearcher.versioning import VersioningError, version_data
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def dvc(*args, cwd):
@@ -60,19 +64,39 @@ def prefect_server():
 
 
 @pytest.mark.slow
-def test_pipeline_flow_runs_and_tracks(prefect_server, dvc_repo, tmp_path):
+def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_repo, tmp_path):
+    """The whole flow with a stand-in teacher API: seeds → traces, DVC versions, MLflow runs, metrics and traces."""
+    import asyncio
+
     from mlflow.tracking import MlflowClient
+    from teacher_api import TeacherAPI
 
     from flows.pipeline import pipeline
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = pipeline(config_path=str(Path(__file__).parent.parent / "configs" / "tiny.yaml"),
-                      overrides=[f"paths.data_dir={dvc_repo / 'data'}", f"mlflow.tracking_uri={uri}",
-                                 f"research.tape.path={dvc_repo / 'data' / 'tape.sqlite'}"])
-    assert result["index"]["docs"] == 10033 and result["probe"]["pages_crawled"] == 3
-    assert result["data_version"] == yaml.safe_load((dvc_repo / "data.dvc").read_text())["outs"][0]["md5"]
+    with TeacherAPI(latency_s=0.01) as api:
+        result = asyncio.run(pipeline(
+            config_path=str(REPO / "configs" / "tiny.yaml"),
+            overrides=[f"paths.data_dir={dvc_repo / 'data'}", f"mlflow.tracking_uri={uri}",
+                       f"research.tape.path={dvc_repo / 'data' / 'tape.sqlite'}", "synthesis.teacher.backend=openai",
+                       f"synthesis.teacher.base_url={api.base_url}", "synthesis.limit=3",
+                       "synthesis.prefill_think=false"]))
+    assert result["index"]["docs"] == 10033 and result["seeds"]["counts"]["accepted"] >= 60
+    synth = result["synthesis"]
+    assert synth["status"] == "complete" and synth["traces"] == 3 and synth["valid"] == 3
+    assert synth["data_version"] == yaml.safe_load((dvc_repo / "data.dvc").read_text())["outs"][0]["md5"]
+    records = [json.loads(line) for line in (dvc_repo / "data" / "traces" / "traces.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["valid"] and r["seed_version"] == result["seeds"]["seed_version"]
+                                     for r in records)
+
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("o-researcher-tiny").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.metrics["env/index_docs"] == 10033
-    assert run.data.params["model.name"] == "smollm2-135m-instruct"
-    assert run.data.tags["data_version"] == result["data_version"]
+    exp = client.get_experiment_by_name("o-researcher-tiny")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert runs["ingest"].data.metrics["ingest/accepted"] >= 60
+    assert runs["synthesize"].data.metrics["synth/valid_rate"] == 1.0
+    assert runs["synthesize"].data.params["synthesis.teacher.backend"] == "openai"
+    assert runs["synthesize"].data.tags["data_version"] == synth["data_version"]
+    traces = client.search_traces(locations=[exp.experiment_id], max_results=10)
+    assert len(traces) >= 3  # one MLflow trace per seed, with agent, LLM and tool spans
+    kinds = {sp.span_type for t in traces for sp in t.data.spans}
+    assert {"AGENT", "LLM", "TOOL"} <= kinds

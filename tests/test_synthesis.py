@@ -178,3 +178,85 @@ def test_local_backend_batches_concurrent_requests():
         assert r.prompt_tokens > 10 and 0 < r.completion_tokens <= 24
         assert "</web_search>" not in r.text
         assert r.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_synthesizes_a_parseable_trace(tmp_path):
+    """The real 135M model end to end: whatever it writes, the trace parses and the record says why it fails."""
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        f"paths.data_dir={tmp_path}", f"research.tape.path={tmp_path / 'tape.sqlite'}", "synthesis.max_subtasks=2",
+        "synthesis.max_steps=2", "synthesis.teacher.max_new_tokens=48", "synthesis.mlflow_traces=false"])
+    records, outcomes = run_engine(cfg, seeds_of(1))
+    (record,) = records
+    assert record["failure"] is None and record["trace"].startswith("<subtask_list>")
+    parsed = g.parse(record["trace"])
+    assert 1 <= len(parsed.subtasks) <= 2 and parsed.report is not None
+    assert record["valid"] == (record["violations"] == [])
+    assert record["usage"]["calls"] >= 4 and record["models"]["teacher"] == "local:smollm2-135m-instruct"
+
+
+# ------------------------------------------------------------------------------------------- the LLM client
+def teacher_cfg(api: TeacherAPI, **kw):
+    return load_config(REPO / "configs" / "tiny.yaml").synthesis.teacher.model_copy(
+        update={"backend": "openai", "base_url": api.base_url, "timeout_s": 5.0, **kw})
+
+
+ASK = [{"role": "system", "content": "You are the planner."}, {"role": "user", "content": "Why do volcanoes erupt?"}]
+
+
+def test_response_cache_and_cost_ledger(tmp_path):
+    with TeacherAPI(latency_s=0.0) as api:
+        store = LLMStore(tmp_path / "llm.sqlite")
+        client = make_client(teacher_cfg(api, price_in_per_mtok=2.0, price_out_per_mtok=8.0), store=store)
+
+        async def go():
+            first = await client.chat(ASK, seed=1)
+            again = await client.chat(ASK, seed=1)
+            other = await client.chat(ASK, seed=2)  # another candidate: its own sample, paid for
+            return first, again, other
+
+        first, again, other = asyncio.run(go())
+        assert api.stats()["completions"] == 2
+    assert not first.cached and again.cached and not other.cached and again.text == first.text
+    assert first.cost_usd == pytest.approx((first.prompt_tokens * 2 + first.completion_tokens * 8) / 1e6)
+    totals = store.totals()
+    assert totals["calls"] == 3 and totals["cached"] == 1
+    assert totals["cost_usd"] == pytest.approx(first.cost_usd + other.cost_usd)
+
+
+def test_concurrency_limit_and_retry_after(tmp_path):
+    with TeacherAPI(latency_s=0.2) as api:
+        client = make_client(teacher_cfg(api, max_concurrency=3))
+
+        async def go():
+            await asyncio.gather(*[client.chat(ASK, seed=i) for i in range(9)])
+
+        start = time.perf_counter()
+        asyncio.run(go())
+        assert api.stats()["max_in_flight"] == 3 and time.perf_counter() - start >= 0.6
+    with TeacherAPI(latency_s=0.0, faults={"rate_limit": 1.0}) as api:  # every answer is a 429
+        client = make_client(teacher_cfg(api, max_retries=1))
+        client.backend.backoff_base_s = 0.01
+        with pytest.raises(Exception, match=r"HTTP 429 \(after 2 attempts\)"):
+            asyncio.run(client.chat(ASK))
+        assert api.stats()["requests"] == 2
+
+
+def test_retry_after_header_is_honoured():
+    from models.backends.openai import _retry_after
+
+    assert _retry_after("2") == 2.0 and _retry_after(None) == 0.0 and _retry_after("Wed, 21 Oct 2026") == 0.0
+    assert _retry_after("9999") == 120.0
+
+
+def test_rate_limit_spreads_requests():
+    from models.backends.openai import RateLimiter
+
+    async def go():
+        limiter = RateLimiter(per_minute=600)  # one every 0.1 s
+        start = time.perf_counter()
+        for _ in range(5):
+            await limiter.acquire()
+        return time.perf_counter() - start
+
+    assert 0.35 <= asyncio.run(go()) < 1.0
