@@ -260,3 +260,20 @@ def test_rate_limit_spreads_requests():
         return time.perf_counter() - start
 
     assert 0.35 <= asyncio.run(go()) < 1.0
+
+
+def test_vllm_backend_is_lazy_and_explains_itself_on_cpu():
+    """CPU environments never import vllm; asking for the backend here fails with a clear message."""
+    import importlib.util
+
+    from models.backends.vllm import VLLMBackend
+    from models.llm import ChatRequest, LLMError
+
+    assert "vllm" not in sys.modules
+    cfg = load_config(REPO / "configs" / "paper.yaml").model
+    backend = make_client(cfg.model_copy(update={"backend": "vllm"})).backend
+    assert isinstance(backend, VLLMBackend) and backend.model_id == "vllm:Qwen/Qwen2.5-72B-Instruct"
+    if importlib.util.find_spec("vllm") is None:
+        request = ChatRequest((("user", "hi"),), 8, 0.0, 1.0)
+        with pytest.raises(LLMError, match="needs vLLM on a GPU machine"):
+            asyncio.run(backend.generate(request))

@@ -34,9 +34,9 @@ class VLLMBackend(BatchingBackend):
         return self._llm
 
     def generate_batch(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+        llm = self._engine()  # first: it explains a missing vLLM
         from vllm import SamplingParams
 
-        llm = self._engine()
         params = [SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
                                  stop=list(r.stop) or None, seed=r.seed) for r in requests]
         prefill = requests[0].prefill  # the batcher groups by prefill, so one flag fits the group
