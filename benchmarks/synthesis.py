@@ -50,8 +50,7 @@ def run_engine(api: TeacherAPI, seeds, concurrency: int, parallel: bool = True) 
     from models.llm import LLMStore, make_client
     from oresearcher.config import load_config
     from oresearcher.research.environment import ResearchEnvironment
-    from oresearcher.store import JsonlStore
-    from oresearcher.synthesis import SynthesisContext, run_seeds
+    from oresearcher.synthesis import SynthesisContext, open_trace_store, run_seeds
 
     data = Path(tempfile.mkdtemp(prefix="bench-synth-"))
     cfg = load_config(REPO / "configs" / "tiny.yaml", [
@@ -61,7 +60,7 @@ def run_engine(api: TeacherAPI, seeds, concurrency: int, parallel: bool = True) 
         f"synthesis.max_subtasks={SUBTASKS}", f"synthesis.concurrency={concurrency}",
         f"synthesis.parallel_subtasks={str(parallel).lower()}", "synthesis.prefill_think=false",
         "synthesis.mlflow_traces=false"])
-    store = JsonlStore(data / "traces.jsonl", ("seed_id", "candidate"))
+    store = open_trace_store(data)
     client = make_client(cfg.synthesis.teacher, store=LLMStore(data / "llm.sqlite"))
     ctx = SynthesisContext(cfg, client, ResearchEnvironment.from_config(cfg), store, "bench")
 

@@ -27,8 +27,7 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
     from oresearcher import tracing
     from oresearcher.research.environment import ResearchEnvironment
     from oresearcher.seeds import load_seeds
-    from oresearcher.store import JsonlStore
-    from oresearcher.synthesis import SynthesisContext, pending, run_seeds, traces_path
+    from oresearcher.synthesis import SynthesisContext, open_trace_store, pending, run_seeds
     from oresearcher.tracking import stage_run
     from tasks.synthesis import synthesize_seed
 
@@ -37,7 +36,7 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
     log = get_run_logger()
     seed_version, seeds = load_seeds(cfg.paths.data)
     seeds = seeds[: s.limit] if s.limit else seeds
-    store = JsonlStore(traces_path(cfg.paths.data), ("seed_id", "candidate"))
+    store = open_trace_store(cfg.paths.data)
     todo = pending(seeds, store, s.candidates_per_seed)
     log.info("seed version %s: %d seeds, %d already done, %d to synthesize", seed_version, len(seeds),
              len(seeds) - len(todo), len(todo))
@@ -81,11 +80,12 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
 def _metrics(store, seeds, teacher: str) -> dict[str, float]:
     """Totals over this seed set's records (a re-run reports the whole set, not just its own share)."""
     ids = {s.id for s in seeds}
-    records = [r for r in store if r["seed_id"] in ids]
+    records = [r for r in store.latest() if r["seed_id"] in ids]
     n = len(records)
     ok = [r for r in records if r["failure"] is None]
     return {
-        "traces": float(n), "failures": float(n - len(ok)), "valid": float(sum(r["valid"] for r in records)),
+        "traces": float(n), "failures": float(n - len(ok)),
+        "retryable_failures": float(sum(bool(r.get("retryable")) for r in records)), "valid": float(sum(r["valid"] for r in records)),
         "valid_rate": sum(r["valid"] for r in records) / n if n else 0.0,
         "prompt_tokens": float(sum(r["usage"]["prompt_tokens"] for r in records)),
         "completion_tokens": float(sum(r["usage"]["completion_tokens"] for r in records)),

@@ -143,20 +143,30 @@ class LLMStore:
 
 @dataclass
 class Budget:
+    """Spending caps for one run. Each call reserves its worst case before it starts and settles after, so
+    concurrent calls cannot all slip under the cap at once: a run overshoots by at most one call."""
+
     max_cost_usd: float | None = None
     max_tokens: int | None = None
     spent_usd: float = 0.0
     spent_tokens: int = 0
+    reserved_usd: float = 0.0
+    reserved_tokens: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def check(self) -> None:
-        if self.max_cost_usd is not None and self.spent_usd >= self.max_cost_usd:
-            raise BudgetExceeded(f"cost budget spent: ${self.spent_usd:.4f} of ${self.max_cost_usd:.4f}")
-        if self.max_tokens is not None and self.spent_tokens >= self.max_tokens:
-            raise BudgetExceeded(f"token budget spent: {self.spent_tokens} of {self.max_tokens}")
-
-    def add(self, cost: float, tokens: int) -> None:
+    def reserve(self, cost: float, tokens: int) -> None:
         with self._lock:
+            if self.max_cost_usd is not None and self.spent_usd + self.reserved_usd >= self.max_cost_usd:
+                raise BudgetExceeded(f"cost budget spent: ${self.spent_usd:.4f} of ${self.max_cost_usd:.4f}")
+            if self.max_tokens is not None and self.spent_tokens + self.reserved_tokens >= self.max_tokens:
+                raise BudgetExceeded(f"token budget spent: {self.spent_tokens} of {self.max_tokens}")
+            self.reserved_usd += cost
+            self.reserved_tokens += tokens
+
+    def settle(self, reserved_cost: float, reserved_tokens: int, cost: float, tokens: int) -> None:
+        with self._lock:
+            self.reserved_usd -= reserved_cost
+            self.reserved_tokens -= reserved_tokens
             self.spent_usd += cost
             self.spent_tokens += tokens
 
@@ -189,6 +199,9 @@ class LLMClient:
     def model_id(self) -> str:
         return self.backend.model_id
 
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
+
     async def chat(self, messages: list[Message], *, max_tokens: int | None = None, temperature: float | None = None,
                    top_p: float | None = None, stop: list[str] | tuple[str, ...] = (), n: int = 1,
                    seed: int | None = None, tag: str = "", usage: Usage | None = None) -> ChatResponse:
@@ -205,14 +218,20 @@ class LLMClient:
                 if self.store:
                     self.store.record(None, resp, self.run, tag)
             else:
+                est_in, est_out = sum(len(c) for _, c in req.messages) // 3, req.max_tokens * req.n
+                est_cost = self._cost(est_in, est_out)
                 if self.budget:
-                    self.budget.check()
+                    self.budget.reserve(est_cost, est_in + est_out)
                 start = time.perf_counter()
-                resp = await self.backend.generate(req)
+                try:
+                    resp = await self.backend.generate(req)  # `resp` stays None if this raises
+                finally:
+                    if self.budget:
+                        self.budget.settle(est_cost, est_in + est_out,
+                                           self._cost(resp.prompt_tokens, resp.completion_tokens) if resp else 0.0,
+                                           resp.prompt_tokens + resp.completion_tokens if resp else 0)
                 resp.latency_s = time.perf_counter() - start
-                resp.cost_usd = (resp.prompt_tokens * self.price_in + resp.completion_tokens * self.price_out) / 1e6
-                if self.budget:
-                    self.budget.add(resp.cost_usd, resp.prompt_tokens + resp.completion_tokens)
+                resp.cost_usd = self._cost(resp.prompt_tokens, resp.completion_tokens)
                 if self.store:
                     self.store.record(key, resp, self.run, tag)
             sp.set_outputs({"text": resp.text, "finish_reason": resp.choices[0].finish_reason,

@@ -71,6 +71,7 @@ class ResearchResult:
     usage: Usage = field(default_factory=Usage)
     timings: dict[str, float] = field(default_factory=dict)
     failure: str | None = None
+    retryable: bool = False  # the failure was transient (an unreachable or overloaded server): retry on re-run
 
 
 # ------------------------------------------------------------------------------------------------------ planner
@@ -84,7 +85,8 @@ async def plan_subtasks(client: LLMClient, query: str, cfg: SynthesisConfig, see
             text = m.group(1)
         items = []
         for item in g.split_list_items(g.escape(text)):
-            item = " ".join(item.split())[:200]
+            # a subtask is one line: keep its first sentence (small models write paragraphs)
+            item = re.split(r"(?<=[.?!])\s", " ".join(item.split()), maxsplit=1)[0][:160]
             if len(item) >= 3 and item.lower() not in (i.lower() for i in items):
                 items.append(item)
         if items:
@@ -246,7 +248,7 @@ async def research(client: LLMClient, env: ResearchEnvironment, query: str, cfg:
             result.trace = assemble_trace(titles, result.subtasks, result.report)
             sp.set_outputs({"report": result.report[:2000]})
     except LLMError as e:
-        result.failure = f"llm: {e.reason}"
+        result.failure, result.retryable = f"llm: {e.reason}", e.transient
     result.timings["total_s"] = time.perf_counter() - t0
     return result
 

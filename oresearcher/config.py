@@ -58,6 +58,7 @@ class ModelConfig(Section):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(512, ge=1)
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="local/vllm backends; vLLM servers too")
     # openai backend: any OpenAI-compatible endpoint (vLLM server, llama.cpp server, OpenAI)
     base_url: str = "http://127.0.0.1:8000/v1"
     served_name: str | None = Field(None, description="model name sent to the API (default: name)")

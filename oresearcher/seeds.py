@@ -97,7 +97,7 @@ def read_records(path: Path, rejections: list[Rejection]) -> list[tuple[int, str
             raise IngestError(f"{source}: not a readable Parquet file ({e})") from None
         column = table.column(_pick_field(table.column_names, source)).to_pylist()
         return [(i, v if isinstance(v, str) else "") for i, v in enumerate(column, 1)]
-    raw = path.read_bytes()
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Excel's CSVs)
     lines = _decode_lines(raw, source, rejections)
     if suffix == ".jsonl":
         out = []
@@ -274,10 +274,11 @@ def load_seeds(data_dir: Path) -> tuple[str, list[Seed]]:
     out = seeds_dir(data_dir)
     if not (out / "seeds.jsonl").exists():
         raise IngestError(f"no seed set in {out}: run `oresearcher ingest FILE...` first")
-    report = json.loads((out / "report.json").read_text())
-    seeds = [Seed(**json.loads(line)) for line in (out / "seeds.jsonl").read_text(encoding="utf-8").splitlines()
-             if line.strip()]
-    return report["version"], seeds
+    body = (out / "seeds.jsonl").read_bytes()
+    # The version is the hash of the seed file itself, so it can never disagree with the seeds it names.
+    version = hashlib.sha256(body).hexdigest()[:16]
+    seeds = [Seed(**json.loads(line)) for line in body.decode("utf-8").splitlines() if line.strip()]
+    return version, seeds
 
 
 def format_report(result: IngestResult, max_lines: int = 50) -> str:

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -32,12 +32,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class JsonlStore:
-    def __init__(self, path: Path, key_fields: tuple[str, ...]):
+    """`final(record)` says whether a record settles its key; a non-final one (a retryable failure) may be
+    superseded by a later record with the same key, and readers see the latest (`latest()`)."""
+
+    def __init__(self, path: Path, key_fields: tuple[str, ...], final: Callable[[dict], bool] = lambda r: True):
         self.path = Path(path)
         self.key_fields = key_fields
+        self.final = final
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self.keys: set[tuple] = set()
+        self.keys: set[tuple] = set()  # keys with a final record
         self._repair_and_index()
 
     def _key(self, record: dict) -> tuple:
@@ -52,8 +56,8 @@ class JsonlStore:
             with self.path.open("r+b") as f:
                 f.truncate(end)
         for line in raw[:end].splitlines():
-            if line.strip():
-                self.keys.add(self._key(json.loads(line)))
+            if line.strip() and self.final(record := json.loads(line)):
+                self.keys.add(self._key(record))
 
     def __contains__(self, key: tuple) -> bool:
         return key in self.keys
@@ -65,12 +69,25 @@ class JsonlStore:
             key = self._key(record)
             if key in self.keys:
                 return False
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-            self.keys.add(key)
+            with self.path.open("ab") as f:
+                start = f.tell()
+                try:
+                    f.write(line.encode("utf-8"))
+                    f.flush()
+                    os.fsync(f.fileno())
+                except BaseException:
+                    f.truncate(start)  # a failed write (disk full) must not leave half a line behind
+                    raise
+            if self.final(record):
+                self.keys.add(key)
             return True
+
+    def latest(self) -> list[dict]:
+        """The last record of each key, in order of first appearance."""
+        by_key: dict[tuple, dict] = {}
+        for record in self:
+            by_key[self._key(record)] = record
+        return list(by_key.values())
 
     def __iter__(self) -> Iterator[dict]:
         if self.path.exists():

@@ -68,12 +68,18 @@ def make_record(seed: Seed, candidate: int, result: ResearchResult, ctx: Synthes
         "structure": summary_of(result), "usage": asdict(result.usage),
         "models": {"teacher": ctx.client.model_id}, "prompts": ctx.prompts, "config": ctx.cfg.name,
         "timings": {k: round(v, 3) for k, v in result.timings.items()}, "failure": result.failure,
+        "retryable": result.retryable,
         "created": time.time(),
     }
 
 
 def failure_record(seed: Seed, candidate: int, reason: str, ctx: SynthesisContext) -> dict:
     return make_record(seed, candidate, ResearchResult(seed.query, failure=reason), ctx)
+
+
+def open_trace_store(data_dir: Path) -> JsonlStore:
+    """The trace records; a retryable failure does not settle its (seed, candidate): a re-run tries it again."""
+    return JsonlStore(traces_path(data_dir), ("seed_id", "candidate"), final=lambda r: not r.get("retryable"))
 
 
 async def synthesize_seed(seed: Seed, ctx: SynthesisContext) -> SeedOutcome:
@@ -110,7 +116,8 @@ async def run_seeds(seeds: list[Seed], ctx: SynthesisContext, runner: Runner = s
                     on_done: Callable[[SeedOutcome], object] | None = None) -> list[SeedOutcome]:
     """Run seeds `synthesis.concurrency` at a time; stop starting new ones once the budget is spent.
 
-    A seed whose runner raises (after the runner's own retries) is recorded as a failure with the reason.
+    When the runner raises (after its own retries), the candidate it was on is recorded as a failure with the
+    reason and the runner is called again for the seed's remaining candidates.
     """
     sem = asyncio.Semaphore(ctx.cfg.synthesis.concurrency)
     stop = asyncio.Event()
@@ -119,14 +126,24 @@ async def run_seeds(seeds: list[Seed], ctx: SynthesisContext, runner: Runner = s
         async with sem:
             if stop.is_set():
                 return SeedOutcome(seed.id, stopped="budget_spent")
-            try:
-                outcome = await runner(seed, ctx)
-            except Exception as e:  # noqa: BLE001 - any crash of one seed becomes its recorded failure
-                outcome = SeedOutcome(seed.id)
-                for k in range(ctx.cfg.synthesis.candidates_per_seed):
-                    if ctx.store.append(failure_record(seed, k, f"error: {type(e).__name__}: {e}"[:500], ctx)):
-                        outcome.written += 1
-                        outcome.failed += 1
+            outcome = SeedOutcome(seed.id)
+            for _attempt in range(ctx.cfg.synthesis.candidates_per_seed):
+                try:
+                    got = await runner(seed, ctx)
+                except Exception as e:  # noqa: BLE001 - a crash becomes the recorded failure of its candidate
+                    k = next((c for c in range(ctx.cfg.synthesis.candidates_per_seed) if (seed.id, c) not in ctx.store),
+                             None)
+                    if k is None:
+                        break
+                    ctx.store.append(failure_record(seed, k, f"error: {type(e).__name__}: {e}"[:500], ctx))
+                    outcome.written += 1
+                    outcome.failed += 1
+                    continue
+                outcome.written += got.written
+                outcome.valid += got.valid
+                outcome.failed += got.failed
+                outcome.stopped = got.stopped
+                break
             if outcome.stopped == "budget_spent":
                 stop.set()
             if on_done and inspect.isawaitable(done := on_done(outcome)):

@@ -149,3 +149,12 @@ def test_hostile_page_cannot_break_the_trace(server):
     parsed = g.parse(trace)
     assert [s.tag for s in parsed.segments] == [g.THINK, g.CRAWL_PAGE, g.OBSERVATION]
     assert parsed.report is None and parsed.observations == [text]
+
+
+@pytest.mark.parametrize("path_or_url", ["http://[abc/", "http://a..b/x", "/badgzip", "/badredirect"])
+def test_malformed_urls_and_responses_are_tool_errors(server, path_or_url):
+    server.routes["/badgzip"] = (200, {"content-type": "text/html", "content-encoding": "gzip"}, b"not gzip at all")
+    server.routes["/badredirect"] = (302, {"location": "http://[::1"}, b"")
+    url = server.base + path_or_url if path_or_url.startswith("/") else path_or_url
+    with pytest.raises(ToolError):
+        crawler().fetch(url)

@@ -50,6 +50,13 @@ def test_bad_records_are_rejected_with_line_and_reason(tmp_path, cfg):
     assert result.counts()["rejected"] == 8 and result.counts()["read"] == 7  # 3 lines never became records
 
 
+def test_byte_order_mark_is_ignored(tmp_path, cfg):
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfquery,source\nWhat caused the fall of the Roman Republic?,x\n")
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"query": "How do coral reefs form and grow over time?"}\n')
+    result = ingest_files([tmp_path / "excel.csv", tmp_path / "bom.jsonl"], cfg)
+    assert len(result.seeds) == 2 and not result.rejections
+
+
 def test_csv_parquet_and_text_inputs(tmp_path, cfg):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -23,8 +23,7 @@ from oresearcher import grammar as g  # noqa: E402
 from oresearcher.config import load_config  # noqa: E402
 from oresearcher.research.environment import ResearchEnvironment  # noqa: E402
 from oresearcher.seeds import ingest_files, write_seed_version  # noqa: E402
-from oresearcher.store import JsonlStore  # noqa: E402
-from oresearcher.synthesis import SynthesisContext, run_seeds, traces_path  # noqa: E402
+from oresearcher.synthesis import SynthesisContext, open_trace_store, run_seeds, traces_path  # noqa: E402
 
 
 def settings(data: Path, api: TeacherAPI, *more: str):
@@ -43,13 +42,13 @@ def write_seeds(cfg, n: int) -> None:
 
 
 def run_engine(cfg, seeds, budget: Budget | None = None, **client_kw):
-    store = JsonlStore(traces_path(cfg.paths.data), ("seed_id", "candidate"))
+    store = open_trace_store(cfg.paths.data)
     client = make_client(cfg.synthesis.teacher, store=LLMStore(cfg.paths.data / "llm.sqlite"), budget=budget)
     if "backoff" in client_kw:
         client.backend.backoff_base_s = client_kw["backoff"]
     ctx = SynthesisContext(cfg, client, ResearchEnvironment.from_config(cfg), store, "test")
     outcomes = asyncio.run(run_seeds(seeds, ctx))
-    return list(store), outcomes
+    return store.latest(), outcomes
 
 
 def seeds_of(n: int):
@@ -84,8 +83,15 @@ def test_faults_end_every_seed_once_as_trace_or_recorded_failure(tmp_path):
     for r in records:
         assert (r["failure"] is None) != (r["trace"] == "")
         if r["failure"]:
-            assert r["failure"].startswith("llm: ") and "attempts" in r["failure"]
+            assert r["failure"].startswith("llm: ") and "attempts" in r["failure"] and r["retryable"]
     assert any(r["failure"] is None and r["valid"] for r in records)
+    # The outage is over: a re-run retries exactly the retryable failures, and each seed ends as a valid trace.
+    failed = {r["seed_id"] for r in records if r["failure"]}
+    with TeacherAPI(latency_s=0.0) as api:
+        cfg = settings(tmp_path / "data", api, "synthesis.concurrency=6")
+        records, _ = run_engine(cfg, seeds)
+        assert api.stats()["completions"] == 11 * len(failed) or not failed
+    assert len(records) == len(seeds) and all(r["valid"] for r in records)
 
 
 def test_budget_stops_cleanly_and_a_rerun_continues(tmp_path):
@@ -277,3 +283,36 @@ def test_vllm_backend_is_lazy_and_explains_itself_on_cpu():
         request = ChatRequest((("user", "hi"),), 8, 0.0, 1.0)
         with pytest.raises(LLMError, match="needs vLLM on a GPU machine"):
             asyncio.run(backend.generate(request))
+
+
+def test_a_crashing_candidate_is_recorded_alone_and_the_others_still_run(tmp_path):
+    from oresearcher.synthesis import synthesize_seed
+
+    with TeacherAPI(latency_s=0.0) as api:
+        cfg = settings(tmp_path / "data", api, "synthesis.candidates_per_seed=3")
+        store = open_trace_store(cfg.paths.data)
+        client = make_client(cfg.synthesis.teacher, store=LLMStore(cfg.paths.data / "llm.sqlite"))
+        ctx = SynthesisContext(cfg, client, ResearchEnvironment.from_config(cfg), store, "test")
+        calls = {"n": 0}
+
+        async def flaky_runner(seed, ctx):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("worker died")
+            return await synthesize_seed(seed, ctx)
+
+        asyncio.run(run_seeds(seeds_of(1), ctx, flaky_runner))
+    records = {r["candidate"]: r for r in store.latest()}
+    assert records[0]["failure"] == "error: RuntimeError: worker died" and not records[0]["retryable"]
+    assert records[1]["valid"] and records[2]["valid"]
+
+
+def test_budget_holds_under_concurrency(tmp_path):
+    with TeacherAPI(latency_s=0.1) as api:
+        cfg = settings(tmp_path / "data", api, "synthesis.concurrency=8", "synthesis.teacher.price_in_per_mtok=100",
+                       "synthesis.teacher.price_out_per_mtok=100")
+        budget = Budget(max_cost_usd=0.5)
+        records, outcomes = run_engine(cfg, seeds_of(8), budget=budget)
+    one_call_max = (6000 + cfg.synthesis.teacher.max_new_tokens) * 100 / 1e6  # the largest prompt here, generously
+    assert budget.spent_usd <= 0.5 + one_call_max and budget.reserved_usd == pytest.approx(0.0, abs=1e-9)
+    assert any(o.stopped == "budget_spent" for o in outcomes)

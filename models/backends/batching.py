@@ -76,7 +76,10 @@ class BatchingBackend:
         except Exception as e:  # noqa: BLE001 - an engine crash fails these requests, not the worker
             results = [LLMError(f"{type(e).__name__}: {e}")] * len(group)
         for (_, loop, future), result in zip(group, results, strict=True):
-            loop.call_soon_threadsafe(_resolve, future, result)
+            try:
+                loop.call_soon_threadsafe(_resolve, future, result)
+            except RuntimeError:  # that caller's event loop is gone; the others still get their results
+                continue
 
     async def aclose(self) -> None:
         if self._worker is not None and self._worker.is_alive():

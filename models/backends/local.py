@@ -57,7 +57,8 @@ class LocalBackend(BatchingBackend):
             return [self.generate_batch([r])[0] if self._fits(r, tok) else _context_error(self.cfg)
                     for r in requests]
         sample = first.temperature > 0
-        kwargs = {"do_sample": sample, "max_new_tokens": max_new, "pad_token_id": tok.pad_token_id}
+        kwargs = {"do_sample": sample, "max_new_tokens": max_new, "pad_token_id": tok.pad_token_id,
+                  "repetition_penalty": self.cfg.repetition_penalty}
         if sample:
             kwargs.update(temperature=first.temperature, top_p=first.top_p)
             torch.manual_seed(hash(tuple(r.seed for r in requests)) & 0xFFFFFFFF)

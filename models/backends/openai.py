@@ -84,6 +84,8 @@ class OpenAIBackend:
             body["seed"] = req.seed
         if req.prefill:
             body.update(continue_final_message=True, add_generation_prompt=False)
+        if self.cfg.repetition_penalty != 1.0:
+            body["repetition_penalty"] = self.cfg.repetition_penalty  # vLLM and llama.cpp servers accept it
         return body
 
     async def generate(self, req: ChatRequest) -> ChatResponse:

@@ -38,7 +38,8 @@ class VLLMBackend(BatchingBackend):
         from vllm import SamplingParams
 
         params = [SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                 stop=list(r.stop) or None, seed=r.seed) for r in requests]
+                                 stop=list(r.stop) or None, seed=r.seed,
+                                 repetition_penalty=self.cfg.repetition_penalty) for r in requests]
         prefill = requests[0].prefill  # the batcher groups by prefill, so one flag fits the group
         outputs = llm.chat([r.as_messages() for r in requests], params, use_tqdm=False,
                            add_generation_prompt=not prefill, continue_final_message=prefill)

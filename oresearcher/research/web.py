@@ -63,11 +63,16 @@ class AddressPolicy:
         return host.lower().strip("[]") in self.allowed_names
 
     def check_address(self, host: str, ip: IPAddress) -> None:
-        if self.host_allowed(host) or any(ip in net for net in self.allowed_nets):
-            return
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
+        if self.host_allowed(host) or any(ip in net for net in self.allowed_nets):
+            return
         kind = _forbidden_kind(ip)
+        if kind is None and ip.version == 6:
+            # 6to4 and Teredo addresses embed an IPv4 address that is where the packets really go
+            embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+            if embedded is not None and (inner := _forbidden_kind(embedded)):
+                kind = f"{inner} (embedded {embedded})"
         if kind:
             what = f"is a {kind} address" if host.strip("[]") == str(ip) else f"resolves to {kind} address {ip}"
             raise CrawlRefused(f"refused: {host} {what} (not allowed for crawling; see research.crawl.allow_hosts)")
@@ -154,6 +159,18 @@ class WebCrawler:
         self.client = guarded_client(cfg)
 
     def fetch(self, url: str) -> Page:
+        """The page at `url`; every failure is a ToolError (the agent sees it), never another exception."""
+        try:
+            return self._fetch(url)
+        except ToolError:
+            raise
+        except (httpx.RemoteProtocolError, httpx.UnsupportedProtocol, httpx.DecodingError, httpx.InvalidURL,
+                httpx.TooManyRedirects, ValueError, UnicodeError) as e:  # the page's fault: permanent
+            raise ToolError(f"cannot fetch {url}: {type(e).__name__}: {e}") from None
+        except httpx.HTTPError as e:
+            raise TransientToolError(f"cannot fetch {url}: {type(e).__name__}: {e}") from None
+
+    def _fetch(self, url: str) -> Page:
         deadline = time.monotonic() + self.cfg.timeout_s
         current = url
         for _hop in range(self.cfg.max_redirects + 1):
@@ -169,6 +186,8 @@ class WebCrawler:
                     return self._read(current, resp, deadline)
             except httpx.TimeoutException:
                 raise TransientToolError(f"timed out fetching {current}") from None
+            except (httpx.RemoteProtocolError, httpx.UnsupportedProtocol):
+                raise
             except httpx.TransportError as e:
                 raise TransientToolError(f"network error fetching {current}: {e}") from None
         raise ToolError(f"too many redirects (more than {self.cfg.max_redirects}) from {url}")
