@@ -26,6 +26,3 @@ async def pipeline(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     traces = await synthesize(config_path=config_path, overrides=overrides)
     get_run_logger().info("model %s | index %s | seeds %s | traces %s", model_dir, index, seeds["counts"], traces)
     return {"model_dir": model_dir, "index": index, "seeds": seeds, "synthesis": traces}
-
-
-
