@@ -158,3 +158,19 @@ def test_malformed_urls_and_responses_are_tool_errors(server, path_or_url):
     url = server.base + path_or_url if path_or_url.startswith("/") else path_or_url
     with pytest.raises(ToolError):
         crawler().fetch(url)
+
+
+def test_slow_pages_time_out(server):
+    import time as _time
+
+    def slow(handler):
+        _time.sleep(2.5)
+        return html(ARTICLE)
+
+    server.routes["/slow"] = slow
+    from oresearcher.research.web import TransientToolError
+
+    start = _time.perf_counter()
+    with pytest.raises(TransientToolError, match="timed out"):
+        crawler(timeout_s=1.0).fetch(server.base + "/slow")
+    assert _time.perf_counter() - start < 2.4
