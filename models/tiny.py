@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.resolve import default_cache, resolve_model
+from oresearcher.store import atomic_dir
 
 
 def build_tiny_model(target: Path | None = None, *, base: str = "smollm2-135m-instruct", hidden_size: int = 64,
@@ -28,8 +29,7 @@ def build_tiny_model(target: Path | None = None, *, base: str = "smollm2-135m-in
                    "num_key_value_heads": num_heads, "head_dim": hidden_size // num_heads})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    tmp = target.with_name(target.name + ".tmp")
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
-    tmp.rename(target)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
     return str(target)

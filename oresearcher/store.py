@@ -2,6 +2,7 @@
 
 - `atomic_write_text`: write a temp file beside the target, fsync, rename. Readers see the old or the new
   version, never half of one; a failed stage leaves the earlier version untouched.
+- `atomic_dir`: the same for a directory (a converted model, a search index): build it aside, rename it in.
 - `JsonlStore`: one JSON record per line, appended and fsynced one at a time. After a crash, a torn last line
   is cut off on open and the ids already written are known, so a re-run skips finished work.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -28,6 +31,27 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(target: Path):
+    """Yield a temp directory beside `target`; on success it becomes `target`, on failure it is removed.
+
+    If another process finished the same target first, its result is kept and ours discarded (both were
+    built from the same inputs).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -93,15 +93,6 @@ def load_drg(path: Path = DRG_SAMPLE) -> Iterator[Document]:
 _URL_LINE = re.compile(r"^\s*URL:\s*(\S+)\s*$", re.IGNORECASE)
 
 
-def _html_to_document(raw: str, url: str) -> tuple[str, str]:
-    import trafilatura
-
-    doc = trafilatura.bare_extraction(raw, url=url, with_metadata=True, include_comments=False)
-    if doc is None or not doc.text:
-        return "", ""
-    return doc.title or "", doc.text
-
-
 def load_folder(folder: Path) -> Iterator[Document]:
     if not folder.is_dir():
         raise CorpusError(f"corpus folder not found: {folder}")
@@ -118,7 +109,9 @@ def load_folder(folder: Path) -> Iterator[Document]:
         if lines and (m := _URL_LINE.match(lines[0])):
             url, raw = m.group(1), "\n".join(lines[1:])
         if path.suffix in (".html", ".htm"):
-            title, text = _html_to_document(raw, url)
+            from oresearcher.research.web import extract_main_text  # the crawler's extraction, one for both
+
+            title, text = extract_main_text(raw, url)
         else:
             first = next((ln for ln in raw.splitlines() if ln.strip()), path.stem)
             title, text = first.lstrip("# ").strip(), raw.strip()

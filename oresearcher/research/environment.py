@@ -114,7 +114,7 @@ class ResearchEnvironment:
         tape = Tape(cfg.tape_path) if mode != "live" else None
         index = None
         if "local" in (r.search.backend, r.crawl.backend):
-            index = LocalIndex(r.search.corpora, cfg.paths.cache)  # cheap once built; replay needs its id
+            index = LocalIndex(r.search.corpora, cfg.paths.cache, r.snippet_chars)  # cheap once built
         search_id = index.backend_id if r.search.backend == "local" else _live_search_id(cfg)
         pages_id = index.backend_id if r.crawl.backend == "local" else "web"
         searcher = pages = None

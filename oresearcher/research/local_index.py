@@ -6,15 +6,13 @@ is written to a temporary folder and renamed into place, so a crash mid-build ne
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from oresearcher.research.corpus import Document, corpus_fingerprint, load_corpus, normalize_url
+from oresearcher.store import atomic_dir
 
 SCHEMA_VERSION = "v2-content-stop-stem"
 ANALYZER = "en_stop_stem"
@@ -57,10 +55,11 @@ def _schema():
 class LocalIndex:
     """BM25 search and by-URL lookup over local corpora. Thread-safe for searching."""
 
-    def __init__(self, corpora: list[str], cache_dir: Path):
+    def __init__(self, corpora: list[str], cache_dir: Path, snippet_chars: int = 300):
         import tantivy
 
         self.corpora = list(corpora)
+        self.snippet_chars = snippet_chars
         self.fingerprint = corpus_fingerprint(self.corpora, SCHEMA_VERSION)
         self.path = Path(cache_dir) / "search-index" / self.fingerprint
         if not (self.path / ".complete").exists():
@@ -77,9 +76,7 @@ class LocalIndex:
     def _build(self) -> None:
         import tantivy
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=self.path.parent))
-        try:
+        with atomic_dir(self.path) as tmp:
             index = tantivy.Index(_schema(), path=str(tmp))
             index.register_tokenizer(ANALYZER, _analyzer())
             writer = index.writer(heap_size=64 * 1024 * 1024, num_threads=1)
@@ -97,13 +94,6 @@ class LocalIndex:
             writer.commit()
             writer.wait_merging_threads()
             (tmp / ".complete").write_text(",".join(self.corpora))
-            try:
-                os.rename(tmp, self.path)
-            except OSError:  # another process finished the same build first: use theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def search(self, query: str, k: int = 10) -> list[SearchHit]:
         """Top-k BM25 hits for a free-text query, with a snippet of each body around the query's terms."""
@@ -118,9 +108,9 @@ class LocalIndex:
             result = self._searcher.search(q, k)
             docs = [self._searcher.doc(addr) for _score, addr in result.hits]
             gen = tantivy.SnippetGenerator.create(self._searcher, snippet_q, self._index.schema, "body")
-            gen.set_max_num_chars(300)
+            gen.set_max_num_chars(self.snippet_chars)
             snippets = [gen.snippet_from_doc(d).fragment() for d in docs]
-        return [SearchHit(d["url"][0], d["title"][0], snip or d["body"][0][:300], d["date"][0])
+        return [SearchHit(d["url"][0], d["title"][0], snip or d["body"][0][: self.snippet_chars], d["date"][0])
                 for d, snip in zip(docs, snippets, strict=True)]
 
     def get(self, url: str) -> Document | None:
