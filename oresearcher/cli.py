@@ -5,11 +5,16 @@
     oresearcher trace check traces.jsonl --field trace    # validate every trace in a file
     oresearcher model prepare                             # convert the embedded model once
     oresearcher run --config configs/tiny.yaml            # the pipeline, as far as it exists
+
+User errors (a bad config key or value, a missing or unreadable file) are one line on stderr and exit code 2,
+found before any Prefect server starts: each command checks its config and inputs first. `--debug` shows the
+traceback. `search`, `crawl`, `trace check` and `model prepare` never start a Prefect server.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -26,6 +31,14 @@ def _settings(args):
     from oresearcher.config import load_config
 
     return load_config(args.config, args.overrides)
+
+
+def _check_seed_files(paths: list[str]) -> None:
+    """Every seed file exists and reads as seed records: checked before a flow (and its server) starts."""
+    from oresearcher.seeds import read_records
+
+    for path in paths:
+        read_records(Path(path), [])
 
 
 def cmd_search(args) -> int:
@@ -61,6 +74,8 @@ def cmd_model_prepare(args) -> int:
 
 
 def cmd_ingest(args) -> int:
+    _settings(args)
+    _check_seed_files(args.files)
     from flows.ingest import ingest
 
     result = ingest(paths=args.files, config_path=args.config, overrides=args.overrides)
@@ -71,6 +86,9 @@ def cmd_ingest(args) -> int:
 def cmd_synthesize(args) -> int:
     import asyncio
 
+    from oresearcher.seeds import load_seeds
+
+    load_seeds(_settings(args).paths.data)  # no seed set yet: say so before any server starts
     from flows.synthesize import synthesize
 
     result = asyncio.run(synthesize(config_path=args.config, overrides=args.overrides))
@@ -81,6 +99,8 @@ def cmd_synthesize(args) -> int:
 def cmd_run(args) -> int:
     import asyncio
 
+    cfg = _settings(args)
+    _check_seed_files([str(cfg.paths.resolve(cfg.ingest.default_seeds))])
     from flows.pipeline import pipeline
 
     asyncio.run(pipeline(config_path=args.config, overrides=args.overrides))
@@ -89,7 +109,12 @@ def cmd_run(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oresearcher", description="O-Researcher: open deep-research recipe")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    # `--debug` is accepted after the command too; SUPPRESS keeps a subcommand from resetting the global one
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback")
+    sub.add_parser = functools.partial(sub.add_parser, parents=[debug])
 
     p = sub.add_parser("search", help="run web_search and print what the agent sees")
     p.add_argument("query", help="one or more queries separated by ' | '")
@@ -131,17 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input, not a bug: reported as one line unless --debug."""
     from oresearcher.config import ConfigError
     from oresearcher.research.corpus import CorpusError
     from oresearcher.research.tape import TapeMiss
     from oresearcher.seeds import IngestError
 
+    return ConfigError, CorpusError, TapeMiss, FileNotFoundError, IngestError, PermissionError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CorpusError, TapeMiss, FileNotFoundError, IngestError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `oresearcher ... | head`
         return 0

@@ -209,11 +209,12 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
 
 
 def _format(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid config"]
+    """One line, every problem with its key: `configs/tiny.yaml: invalid config: a.b: msg; c.d: msg`."""
+    problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {key}: {e['msg']}")
-    return "\n".join(lines)
+        problems.append(f"{key}: {e['msg']}")
+    return f"{source}: invalid config: " + "; ".join(problems)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Settings:
@@ -221,21 +222,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
+        path = Path(path).expanduser()
         source = str(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
+        if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+            path = REPO_ROOT / path  # `configs/tiny.yaml` from any working directory
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {source}")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
+        _set_dotted(data, key.strip(), value)
     try:
         return Settings.model_validate(data)
     except ValidationError as e:

@@ -6,8 +6,8 @@ line and reason (empty, too short, too long, undecodable, not JSON, no query fie
 contaminated); a file that cannot be read at all is an `IngestError` and nothing is written.
 
 Near-duplicates are found by MinHash-LSH over character 5-grams, then confirmed by exact Jaccard, so the
-check stays near-linear for thousands of seeds. Contamination uses the same index over the evaluation sets in
-`../shared/data` (DeepResearch Bench prompts, DeepResearchGym queries).
+check stays near-linear for thousands of seeds. Contamination uses the same index over the evaluation sets the
+project carries (`oresearcher/evalsets`: DeepResearch Bench prompts, DeepResearchGym queries).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from oresearcher import evalsets
 from oresearcher.config import IngestConfig
-from oresearcher.research.corpus import SHARED_DATA
 
 QUERY_FIELDS = ("query", "prompt", "question", "text")
 
@@ -97,8 +97,17 @@ def read_records(path: Path, rejections: list[Rejection]) -> list[tuple[int, str
             raise IngestError(f"{source}: not a readable Parquet file ({e})") from None
         column = table.column(_pick_field(table.column_names, source)).to_pylist()
         return [(i, v if isinstance(v, str) else "") for i, v in enumerate(column, 1)]
-    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Excel's CSVs)
+    try:
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Excel's CSVs)
+    except OSError as e:
+        raise IngestError(f"{source}: cannot be read ({e.strerror})") from None
+    if b"\x00" in raw[:65536]:  # text never holds NUL bytes; a gzip, an image, a .xlsx does
+        raise IngestError(f"{source}: a binary file, not text (seed files are JSONL, CSV, Parquet or plain text)")
+    before = len(rejections)
     lines = _decode_lines(raw, source, rejections)
+    if len(rejections) - before > max(2, len(lines)):  # mostly undecodable: the wrong encoding, not a bad line
+        raise IngestError(f"{source}: not UTF-8 text ({len(rejections) - before} undecodable lines; "
+                          "re-save it as UTF-8)")
     if suffix == ".jsonl":
         out = []
         for n, line in lines:
@@ -193,16 +202,13 @@ class MinHashIndex:
 def load_eval_queries(sets: list[str]) -> list[tuple[str, str]]:
     """(id, text) of the evaluation queries to keep out of training seeds."""
     out = []
-    files = {"drb": (SHARED_DATA / "drb" / "query.jsonl", "prompt"), "drg": (SHARED_DATA / "drg" / "queries.jsonl",
-                                                                             "query")}
+    files = {"drb": ("drb/query.jsonl", "prompt"), "drg": ("drg/queries.jsonl", "query")}
     for name in sets:
-        path, key = files[name]
-        if not path.exists():
-            raise IngestError(f"evaluation set {name} not found at {path} (set ORESEARCHER_SHARED_DATA)")
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                out.append((f"{name}:{rec['id']}", rec[key]))
+        file, key = files[name]
+        try:
+            out += [(f"{name}:{rec['id']}", rec[key]) for rec in evalsets.read_jsonl(file)]
+        except evalsets.EvalDataError as e:
+            raise IngestError(str(e)) from None
     return out
 
 

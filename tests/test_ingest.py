@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from oresearcher import evalsets
 from oresearcher.config import load_config
 from oresearcher.seeds import IngestError, ingest_files, load_seeds, write_seed_version
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -84,8 +84,8 @@ def test_unreadable_files_are_clear_errors(tmp_path, cfg, name, content, message
 
 
 def test_planted_eval_prompts_are_flagged_as_contamination(tmp_path, cfg):
-    drb = [json.loads(line) for line in (SHARED / "drb" / "query.jsonl").read_text().splitlines()]
-    drg = [json.loads(line) for line in (SHARED / "drg" / "queries.jsonl").read_text().splitlines()]
+    drb = list(evalsets.read_jsonl("drb/query.jsonl"))
+    drg = list(evalsets.read_jsonl("drg/queries.jsonl"))
     english = next(r for r in drb if r["language"] == "en")
     path = tmp_path / "seeds.jsonl"
     path.write_text("\n".join(json.dumps({"query": q}) for q in [

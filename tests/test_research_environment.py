@@ -218,8 +218,3 @@ def test_cli_search_and_crawl_print_what_the_agent_sees(settings_factory, tmp_pa
                          capture_output=True, text=True, check=True).stdout
     assert "Yersinia pestis" in out
 
-
-def test_cli_reports_bad_config_cleanly(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "oresearcher.cli", "search", "x", "--set",
-                           "research.search.backend=bing"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "research.search.backend" in proc.stderr and "Traceback" not in proc.stderr

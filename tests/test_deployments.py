@@ -1,0 +1,85 @@
+"""The README's Prefect steps, for real, from a fresh clone with nothing beside it: a Prefect server, a process
+work pool and worker, `prefect deploy --all`, then the ingest deployment and a one-seed synthesize deployment
+(the embedded model as teacher) run to Completed, writing into the clone's own data tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from checkout import free_port, fresh_checkout
+
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def start(args: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_deployments_run_from_a_fresh_clone(tmp_path):
+    clone = fresh_checkout(tmp_path / "alone" / "clone")  # no ../shared, no .venv, no data/ beside or inside
+    api = f"http://127.0.0.1:{free_port()}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ORESEARCHER_EVAL"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_WORKER_QUERY_SECONDS="2", PYTHONUNBUFFERED="1")
+    host, port = api.removeprefix("http://").removesuffix("/api").split(":")
+    server = start([PREFECT, "server", "start", "--host", host, "--port", port], env, tmp_path, tmp_path / "server.log")
+    worker = None
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(1)
+
+        def prefect(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+            proc = subprocess.run([PREFECT, *args], env=env, cwd=clone, capture_output=True, text=True,
+                                  timeout=timeout)
+            assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            return proc
+
+        prefect("work-pool", "create", "local", "--type", "process")
+        deployed = prefect("--no-prompt", "deploy", "--all")
+        assert deployed.stdout.count("successfully created") == 3, deployed.stdout[-3000:]
+        worker = start([PREFECT, "worker", "start", "--pool", "local"], env, clone, tmp_path / "worker.log")
+
+        prefect("deployment", "run", "ingest/ingest-tiny", "--watch")
+        small = ["synthesis.limit=1", "synthesis.max_subtasks=1", "synthesis.max_steps=2",
+                 "synthesis.teacher.max_new_tokens=48"]
+        prefect("deployment", "run", "synthesize/synthesize-tiny", "--param", f"overrides={json.dumps(small)}",
+                "--watch", timeout=600)
+
+        runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+        states = {r["name"]: r["state_type"] for r in runs}
+        flows = {httpx.get(f"{api}/flows/{r['flow_id']}", timeout=10).json()["name"]: r["state_type"] for r in runs}
+        assert flows == {"ingest": "COMPLETED", "synthesize": "COMPLETED"}, states
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+    # The runs used the clone's own code and wrote into the clone's own data tree.
+    assert (clone / "data" / "seeds" / "seeds.jsonl").read_text().count("\n") >= 60
+    (record,) = [json.loads(line) for line in (clone / "data" / "traces" / "traces.jsonl").read_text().splitlines()]
+    assert record["failure"] is None and record["trace"].startswith("<subtask_list>")
