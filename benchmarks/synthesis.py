@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "tests"))  # the stand-in teacher API is a test helper; benchmarks borrow it
 
 from teacher_api import TeacherAPI  # noqa: E402
 

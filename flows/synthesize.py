@@ -11,6 +11,8 @@ tool spans.
 
 from __future__ import annotations
 
+import asyncio
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 from prefect.runtime import flow_run
@@ -43,7 +45,7 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
 
     with stage_run(cfg, "synthesize", tags={"seed_version": seed_version}) as (mlflow, run_id):
         if s.mlflow_traces:
-            tracing.enable_tracing(cfg.mlflow.resolved_uri(), mlflow.get_run(run_id).info.experiment_id)
+            tracing.enable_tracing(cfg.mlflow.resolved_uri(), mlflow.get_run(run_id).info.experiment_id, run_id)
         llm_store = LLMStore(cfg.paths.data / "llm.sqlite")
         client = make_client(s.teacher, store=llm_store, budget=Budget(s.max_cost_usd, s.max_tokens),
                              run=str(flow_run.get_id() or run_id), cache_dir=cfg.paths.cache)
@@ -51,11 +53,13 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
         artifact = await acreate_progress_artifact(0.0, key="synthesis-progress", description="seeds synthesized")
         bar = tqdm(total=len(todo), desc="synthesize", unit="seed")
         done = {"n": 0}
+        ordered = asyncio.Lock()  # seeds finishing together must not land their updates out of order
 
         async def on_done(outcome) -> None:
-            done["n"] += 1
-            bar.update(1)
-            await aupdate_progress_artifact(artifact, 100.0 * done["n"] / max(1, len(todo)))
+            async with ordered:
+                done["n"] += 1
+                bar.update(1)
+                await aupdate_progress_artifact(artifact, 100.0 * done["n"] / max(1, len(todo)))
 
         runner = synthesize_seed.with_options(retries=s.seed_retries)
         try:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -23,7 +22,9 @@ class ModelNotFound(FileNotFoundError):
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("ORESEARCHER_CACHE", "~/.cache/oresearcher")).expanduser()
+    from oresearcher.config import default_cache_dir  # the one place that knows the default
+
+    return default_cache_dir()
 
 
 def embedded_gguf(name: str) -> Path:

@@ -28,10 +28,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def default_cache_dir() -> Path:
+    """Where derived, rebuildable files go unless a config says otherwise: `$ORESEARCHER_CACHE`, read when asked."""
+    return Path(os.environ.get("ORESEARCHER_CACHE") or "~/.cache/oresearcher").expanduser()
+
+
 class PathsConfig(Section):
     data_dir: Path = Field(Path("data"), description="DVC-tracked tree: seeds, tape, traces (relative to the repo)")
-    cache_dir: Path = Field(Path(os.environ.get("ORESEARCHER_CACHE", "~/.cache/oresearcher")),
-                            description="derived, rebuildable files: converted models, search indexes")
+    cache_dir: Path = Field(default_factory=default_cache_dir,
+                            description="derived, rebuildable files: converted models, search indexes "
+                                        "(default: $ORESEARCHER_CACHE, else ~/.cache/oresearcher)")
 
     def resolve(self, path: Path) -> Path:
         path = path.expanduser()
@@ -62,6 +68,11 @@ class ModelConfig(Section):
     # openai backend: any OpenAI-compatible endpoint (vLLM server, llama.cpp server, OpenAI)
     base_url: str = "http://127.0.0.1:8000/v1"
     served_name: str | None = Field(None, description="model name sent to the API (default: name)")
+    identity: str | None = Field(
+        None, description="what identifies this model for the response cache and trace ids (default: "
+                          "'<backend>:<served name>'; the endpoint URL is not part of it, so a restarted or "
+                          "proxied teacher is not paid twice). Set it when two endpoints serve different "
+                          "models under one name")
     api_key_env: str | None = Field(None, description="env var holding the API key; never the key itself")
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0, le=20)
@@ -77,6 +88,11 @@ class ModelConfig(Section):
     @property
     def api_model(self) -> str:
         return self.served_name or self.name
+
+    @property
+    def model_id(self) -> str:
+        """The cache identity: the same model answering the same request gives the same (cached) answer."""
+        return self.identity or f"{self.backend}:{self.api_model if self.backend == 'openai' else self.name}"
 
 
 class SearchConfig(Section):

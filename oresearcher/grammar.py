@@ -51,12 +51,13 @@ _UNESCAPE_RE = re.compile(rf"&((?:amp;)*)lt;(?=\s*/?\s*(?:{_TAG_ALT})\b)", re.IG
 
 def escape(text: str) -> str:
     """Neutralise every tag look-alike in `text` (observation text, free text) so it cannot open or close a tag."""
-    return _ESCAPE_RE.sub(lambda m: "&lt;" if m.group(1) == "<" else f"&amp;{m.group(2)}lt;", text)
+    # "<" becomes "&lt;"; an entity form gains one "amp;" after its "&", keeping its own spelling ("&LT;" too)
+    return _ESCAPE_RE.sub(lambda m: "&lt;" if m.group(1) == "<" else "&amp;" + m.group(1)[1:], text)
 
 
 def unescape(text: str) -> str:
     """Inverse of `escape`."""
-    return _UNESCAPE_RE.sub(lambda m: "<" if not m.group(1) else f"&{m.group(1)[4:]}lt;", text)
+    return _UNESCAPE_RE.sub(lambda m: "<" if not m.group(1) else "&" + m.group(0)[5:], text)
 
 
 @dataclass

@@ -66,7 +66,8 @@ def make_record(seed: Seed, candidate: int, result: ResearchResult, ctx: Synthes
         "seed_version": ctx.seed_version, "trace": result.trace, "report": result.report,
         "valid": bool(result.trace) and not violations, "violations": [str(v) for v in violations],
         "structure": summary_of(result), "usage": asdict(result.usage),
-        "models": {"teacher": ctx.client.model_id}, "prompts": ctx.prompts, "config": ctx.cfg.name,
+        "models": {"teacher": ctx.client.model_id, "teacher_endpoint": getattr(ctx.client.backend, "endpoint", None)},
+        "prompts": ctx.prompts, "config": ctx.cfg.name,
         "timings": {k: round(v, 3) for k, v in result.timings.items()}, "failure": result.failure,
         "retryable": result.retryable,
         "created": time.time(),
@@ -85,7 +86,8 @@ def open_trace_store(data_dir: Path) -> JsonlStore:
 async def synthesize_seed(seed: Seed, ctx: SynthesisContext) -> SeedOutcome:
     """All k candidates of one seed; candidates already on disk are skipped."""
     outcome = SeedOutcome(seed.id)
-    with span(f"seed:{seed.id}", "AGENT", {"query": seed.query}):
+    reports: dict[str, str] = {}
+    with span(f"seed:{seed.id}", "AGENT", {"query": seed.query}) as sp:
         for k in range(ctx.cfg.synthesis.candidates_per_seed):
             if (seed.id, k) in ctx.store:
                 continue
@@ -98,10 +100,13 @@ async def synthesize_seed(seed: Seed, ctx: SynthesisContext) -> SeedOutcome:
                 outcome.stopped = "tape_miss"
                 return outcome
             record = make_record(seed, k, result, ctx)
+            reports[f"candidate {k}"] = result.report or f"(failed: {result.failure})"
             if ctx.store.append(record):
                 outcome.written += 1
                 outcome.valid += record["valid"]
                 outcome.failed += record["failure"] is not None
+        # The trace's output in the MLflow UI: the report (as its input is the query)
+        sp.set_outputs(next(iter(reports.values())) if len(reports) == 1 else reports or "(already synthesized)")
     return outcome
 
 

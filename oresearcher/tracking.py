@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 from contextlib import contextmanager
+from pathlib import Path
 
 from oresearcher.config import REPO_ROOT, Settings, flat_params
 
@@ -20,6 +21,14 @@ def git_commit() -> str:
         return "unknown"
 
 
+def artifact_location(cfg: Settings) -> str | None:
+    """Artifacts beside a SQLite tracking database (`mlartifacts/`), not in whatever directory a run starts in."""
+    uri = cfg.mlflow.resolved_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None  # a tracking server decides
+
+
 @contextmanager
 def stage_run(cfg: Settings, stage: str, tags: dict[str, str] | None = None):
     """Start an MLflow run for `stage` with the config as params; yields (client, run_id)."""
@@ -29,7 +38,8 @@ def stage_run(cfg: Settings, stage: str, tags: dict[str, str] | None = None):
     mlflow.set_tracking_uri(cfg.mlflow.resolved_uri())
     client = MlflowClient(cfg.mlflow.resolved_uri())
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment,
+                                                                     artifact_location=artifact_location(cfg))
     run = client.create_run(exp_id, run_name=stage, tags={"stage": stage, "config": cfg.name,
                                                           "git_commit": git_commit(), **(tags or {})})
     run_id = run.info.run_id

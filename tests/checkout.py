@@ -1,11 +1,15 @@
 """A fresh checkout of the project in a temporary directory, as a user's clone would be: tracked and new
-(not ignored) files only, committed into a new git repository, with nothing beside it."""
+(not ignored) files only, committed into a new git repository, with nothing beside it.
+
+    python3 tests/checkout.py /tmp/somewhere/clone     # what .ci/run does before `make lint` and `make test`
+"""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,3 +35,7 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    print(fresh_checkout(Path(sys.argv[1])))

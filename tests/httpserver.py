@@ -57,6 +57,13 @@ class LocalServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (a crawler or search client that timed out) is expected here, not news."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 def html(body: str, title: str = "Test page") -> tuple[int, dict[str, str], bytes]:
     page = f"<html><head><title>{title}</title></head><body>{body}</body></html>"

@@ -15,10 +15,10 @@ REPO = Path(__file__).resolve().parent.parent
 SEEDS = str(REPO / "seeds" / "default.jsonl")
 
 
-def cli(*args: str, home: Path, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:
+def cli(*args: str, home: Path, cwd: Path | None = None, **env_vars: str) -> tuple[subprocess.CompletedProcess, float]:
     """Run `oresearcher ARGS` with no Prefect server configured: a flow would start a temporary one in `home`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env["PREFECT_HOME"] = str(home)
+    env.update(PREFECT_HOME=str(home), **env_vars)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "oresearcher.cli", *args], env=env, cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=300)
@@ -84,3 +84,69 @@ def test_commands_that_need_no_server_start_none(tmp_path):
                   f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", home=home)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert server_started(home)
+
+
+def test_cache_directory_comes_from_ORESEARCHER_CACHE(tmp_path):
+    cache = tmp_path / "cache"
+    proc, _ = cli("search", "printing press", "--num", "1", "--set", f"research.tape.path={tmp_path / 'tape.sqlite'}",
+                  home=tmp_path / "prefect", ORESEARCHER_CACHE=str(cache))
+    assert proc.returncode == 0 and proc.stdout.startswith("1. ["), proc.stderr
+    (index,) = (cache / "search-index").iterdir()  # the index was built here, not in ~/.cache
+    assert index.is_dir() and any(index.iterdir())
+
+
+def test_model_prepare_prints_a_loadable_model_directory(tmp_path):
+    proc, _ = cli("model", "prepare", home=tmp_path / "prefect")
+    path = Path(proc.stdout.strip())
+    assert proc.returncode == 0 and path.name == "smollm2-135m-instruct", proc.stderr
+    assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+    assert list(path.glob("*.safetensors"))
+
+
+@pytest.mark.slow
+def test_ingest_then_run_recorded_then_run_replayed(tmp_path):
+    """`ingest` and `run` from the command line; then a replay of the same run (`research.tape.mode=replay`)
+    from the tape and the response cache alone, with the teacher gone, gives the same traces."""
+    import json
+    import shutil
+
+    from teacher_api import TeacherAPI
+
+    def settings(data: Path, *more: str) -> list[str]:
+        return [x for o in (f"paths.data_dir={data}", f"research.tape.path={data / 'tape.sqlite'}",
+                            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                            "synthesis.teacher.backend=openai", "synthesis.limit=2", "synthesis.prefill_think=false",
+                            "synthesis.mlflow_traces=false", *more) for x in ("--set", o)]
+
+    recorded, replayed = tmp_path / "recorded", tmp_path / "replayed"
+    proc, _ = cli("ingest", SEEDS, *settings(recorded), home=tmp_path / "prefect")
+    assert proc.returncode == 0 and proc.stdout.startswith("seed version "), proc.stderr[-2000:]
+    assert "accepted 66" in proc.stdout and (recorded / "seeds" / "seeds.jsonl").is_file()
+    with TeacherAPI(latency_s=0.0) as api:
+        proc, _ = cli("run", *settings(recorded, f"synthesis.teacher.base_url={api.base_url}"),
+                      home=tmp_path / "prefect")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        dead_teacher = api.base_url
+    replayed.mkdir()
+    for name in ("tape.sqlite", "llm.sqlite"):  # what a DVC checkout of the recorded data version brings back
+        shutil.copy(recorded / name, replayed / name)
+    proc, _ = cli("run", *settings(replayed, f"synthesis.teacher.base_url={dead_teacher}",
+                                   "research.tape.mode=replay"), home=tmp_path / "prefect")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def traces(data: Path) -> list[tuple[str, str]]:
+        lines = (data / "traces" / "traces.jsonl").read_text().splitlines()
+        return sorted((r["seed_id"], r["trace"]) for r in map(json.loads, lines))
+
+    assert len(traces(recorded)) == 2 and traces(replayed) == traces(recorded)
+    assert all(json.loads(line)["usage"]["cache_hits"] == json.loads(line)["usage"]["calls"]
+               for line in (replayed / "traces" / "traces.jsonl").read_text().splitlines())
+
+
+def test_every_command_that_uses_settings_takes_config_and_overrides():
+    from oresearcher.cli import build_parser
+
+    parser = build_parser()
+    for command in (["search", "q"], ["crawl", "u"], ["model", "prepare"], ["ingest", "f"], ["synthesize"], ["run"]):
+        args = parser.parse_args([*command, "--config", "c.yaml", "--set", "a.b=1", "--set", "c=2"])
+        assert (args.config, args.overrides) == ("c.yaml", ["a.b=1", "c=2"]), command

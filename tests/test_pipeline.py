@@ -1,4 +1,4 @@
-"""The pipeline flow end to end on the embedded defaults, inside a throwaway git + DVC repo with a local remote."""
+"""DVC versioning, and the pipeline flow end to end (stand-in teacher API) inside a throwaway git + DVC repo."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import yaml
 from oresearcher.versioning import VersioningError, version_data
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def dvc(*args, cwd):
@@ -63,9 +62,14 @@ def prefect_server():
         yield
 
 
+SECRET = "sk-teacher-secret-4f2a"
+
+
 @pytest.mark.slow
-def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_repo, tmp_path):
-    """The whole flow with a stand-in teacher API: seeds → traces, DVC versions, MLflow runs, metrics and traces."""
+def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_repo, tmp_path, monkeypatch):
+    """The whole flow with the stand-in teacher API (a paid API's test double; the embedded model's own run is
+    `make run`): seeds → traces, DVC versions, MLflow runs with their traces, the Prefect view of the run, and
+    the teacher's API key nowhere but in the request headers."""
     import asyncio
 
     from mlflow.tracking import MlflowClient
@@ -73,14 +77,15 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
 
     from flows.pipeline import pipeline
 
+    monkeypatch.setenv("TEST_TEACHER_KEY", SECRET)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with TeacherAPI(latency_s=0.01) as api:
         result = asyncio.run(pipeline(
             config_path=str(REPO / "configs" / "tiny.yaml"),
             overrides=[f"paths.data_dir={dvc_repo / 'data'}", f"mlflow.tracking_uri={uri}",
                        f"research.tape.path={dvc_repo / 'data' / 'tape.sqlite'}", "synthesis.teacher.backend=openai",
-                       f"synthesis.teacher.base_url={api.base_url}", "synthesis.limit=3",
-                       "synthesis.prefill_think=false"]))
+                       f"synthesis.teacher.base_url={api.base_url}", "synthesis.teacher.api_key_env=TEST_TEACHER_KEY",
+                       "synthesis.limit=3", "synthesis.prefill_think=false"]))
     assert result["index"]["docs"] == 10033 and result["seeds"]["counts"]["accepted"] >= 60
     synth = result["synthesis"]
     assert synth["status"] == "complete" and synth["traces"] == 3 and synth["valid"] == 3
@@ -96,7 +101,74 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
     assert runs["synthesize"].data.metrics["synth/valid_rate"] == 1.0
     assert runs["synthesize"].data.params["synthesis.teacher.backend"] == "openai"
     assert runs["synthesize"].data.tags["data_version"] == synth["data_version"]
-    traces = client.search_traces(locations=[exp.experiment_id], max_results=10)
-    assert len(traces) >= 3  # one MLflow trace per seed, with agent, LLM and tool spans
-    kinds = {sp.span_type for t in traces for sp in t.data.spans}
-    assert {"AGENT", "LLM", "TOOL"} <= kinds
+    # One MLflow trace per seed on the synthesize run's page, with agent, LLM and tool spans, the query as its
+    # input and the report as its output.
+    run_id = runs["synthesize"].info.run_id
+    traces = client.search_traces(locations=[exp.experiment_id], run_id=run_id, max_results=50)
+    assert len(traces) == 3
+    assert {sp.span_type for t in traces for sp in t.data.spans} >= {"AGENT", "LLM", "TOOL"}
+    reports = {r["query"]: r["report"] for r in records}
+    for t in traces:
+        root = next(sp for sp in t.data.spans if sp.parent_id is None)
+        assert root.outputs == reports[root.inputs["query"]]
+    assert (tmp_path / "mlartifacts").is_dir()  # artifacts beside the tracking database, not in the cwd
+
+    # Prefect: one task run per seed and a progress artifact at 100 %.
+    task_runs, artifacts = asyncio.run(_prefect_view())
+    assert sorted(n for n in task_runs if n.startswith("seed-")) == sorted(f"seed-{r['seed_id']}" for r in records)
+    assert artifacts["synthesis-progress"] == 100.0
+
+    # The key travelled only in the Authorization header: not in any file written, the MLflow database
+    # (params, traces) or the run's logs (what the console showed, as stored by Prefect).
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in written) and any(p.name == "llm.sqlite" for p in written)
+    assert not [p for p in written if SECRET.encode() in p.read_bytes()]
+    logs = asyncio.run(_prefect_logs())
+    assert "seeds, 0 already done" in logs and SECRET not in logs
+
+
+async def _prefect_view() -> tuple[list[str], dict[str, float]]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        task_runs = await client.read_task_runs()
+        artifacts = await client.read_artifacts()
+    return [t.name for t in task_runs], {a.key: a.data for a in artifacts if a.key}
+
+
+async def _prefect_logs() -> str:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return "\n".join(log.message for log in await client.read_logs())
+
+
+@pytest.mark.slow
+def test_synthesis_token_budget_is_wired_from_config(prefect_server, tmp_path):
+    """`synthesis.max_tokens` in the config stops the flow cleanly; a later run with more budget continues."""
+    import asyncio
+
+    from teacher_api import TeacherAPI
+
+    from flows.synthesize import synthesize
+    from oresearcher.seeds import ingest_files, write_seed_version
+
+    data = tmp_path / "data"
+    base = [f"paths.data_dir={data}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"research.tape.path={data / 'tape.sqlite'}", "synthesis.limit=4", "synthesis.concurrency=1",
+            "synthesis.prefill_think=false", "synthesis.mlflow_traces=false", "synthesis.teacher.backend=openai"]
+    seeds = ingest_files([REPO / "seeds" / "default.jsonl"], load_config_tiny().ingest)
+    write_seed_version(seeds, data, [REPO / "seeds" / "default.jsonl"])
+    with TeacherAPI(latency_s=0.0) as api:
+        args = {"config_path": str(REPO / "configs" / "tiny.yaml")}
+        capped = asyncio.run(synthesize(**args, overrides=[*base, f"synthesis.teacher.base_url={api.base_url}",
+                                                           "synthesis.max_tokens=20000"]))
+        assert capped["status"] == "budget_spent" and 0 < capped["traces"] < 4
+        rest = asyncio.run(synthesize(**args, overrides=[*base, f"synthesis.teacher.base_url={api.base_url}"]))
+    assert rest["status"] == "complete" and rest["traces"] == 4
+
+
+def load_config_tiny():
+    from oresearcher.config import load_config
+
+    return load_config(REPO / "configs" / "tiny.yaml")

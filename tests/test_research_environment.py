@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -27,19 +28,27 @@ def test_local_search_finds_black_death(settings_factory):
     assert len([ln for ln in listing.splitlines() if ln[:1].isdigit()]) == 10
 
 
+def results(listing: str) -> list[str]:
+    """The URLs of a rendered result list, in order (one `N. [title](url)` line per result)."""
+    return re.findall(r"^\d+\. \[[^\]\n]*\]\((\S+)\)$", listing, re.M)
+
+
 def test_search_deduplicates_across_queries_and_caps_num(settings_factory):
     env = ResearchEnvironment.from_config(settings_factory())
-    listing = env.web_search("Black Death | Black Death plague | bubonic plague", 7)
-    urls = [ln.split("](")[1].rstrip(")") for ln in listing.splitlines() if ln[:1].isdigit()]
+    urls = results(env.web_search("Black Death | Black Death plague | bubonic plague", 7))
     assert len(urls) == 7 and len(set(urls)) == 7
-    assert env.web_search("plague", 99).count("\n1") <= 20
+    assert len(results(env.web_search("war", 3))) == 3
+    assert len(results(env.web_search("war", 99))) == 20  # the corpus has hundreds of matches; 20 is the cap
+    assert len(results(env.execute(g.parse_tool_call(g.WEB_SEARCH, "query=war&num=20")))) == 20
 
 
-def test_crawl_returns_corpus_document(settings_factory):
+def test_crawl_returns_corpus_document_for_any_spelling_of_its_url(settings_factory):
     env = ResearchEnvironment.from_config(settings_factory())
     page = env.crawl_page(BLACK_DEATH)
     assert page.startswith(f"## [Black Death]({BLACK_DEATH})") and "Yersinia pestis" in page
-    assert env.crawl_page("https://en.wikipedia.org/wiki/Black%20Death".replace("%20", "_")) == page
+    for spelling in ("HTTPS://EN.WIKIPEDIA.ORG/wiki/Black_Death", f"{BLACK_DEATH}/", f"{BLACK_DEATH}#Causes",
+                     "https://en.wikipedia.org/wiki/Black%5FDeath"):
+        assert env.crawl_page(spelling) == page, spelling
     assert env.crawl_page("https://example.org/nope").startswith("Error: page not found in the local corpus")
 
 
@@ -156,7 +165,29 @@ def test_unreachable_search_server_is_a_clear_transient_error(settings_factory):
     assert env.counts["search.errors"] == 1
 
 
+def test_slow_search_api_times_out_as_a_transient_error(search_api, settings_factory):
+    import threading
+
+    release = threading.Event()
+    search_api.routes["/search"] = lambda h: (release.wait(60), as_json({"results": []}))[1]
+    env = ResearchEnvironment.from_config(settings_factory(
+        "research.search.backend=searxng", f"research.search.searxng_url={search_api.base}",
+        "research.search.retries=1", "research.search.timeout_s=0.3"))
+    try:
+        assert env.web_search("q").startswith("Error: search API timed out after 0.3 s")
+        assert len(search_api.requests) == 2 and not release.is_set()  # retried once, the server never answered
+        assert env.tape.get(env.search_id, "search", {"query": "q", "k": 10})["transient"]  # retried next time
+    finally:
+        release.set()
+
+
 # -------------------------------------------------------------------------------------------------- the tape
+def test_live_mode_keeps_no_tape(settings_factory, tmp_path):
+    env = ResearchEnvironment.from_config(settings_factory("research.tape.mode=live"))
+    assert env.web_search("printing press").startswith("1. [")
+    assert env.tape is None and not (tmp_path / "tape.sqlite").exists()
+
+
 def test_recorded_run_replays_identically_offline(search_api, settings_factory, monkeypatch):
     search_api.routes["/page"] = html("<article><p>" + "A page about presses and printing history. " * 10 +
                                       "</p></article>", "Press page")

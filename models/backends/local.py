@@ -17,7 +17,7 @@ class LocalBackend(BatchingBackend):
     def __init__(self, cfg, cache_dir: Path | None = None):
         super().__init__(cfg.max_batch, cfg.batch_window_ms)
         self.cfg, self.cache_dir = cfg, cache_dir
-        self.model_id = f"local:{cfg.name}"
+        self.model_id = cfg.model_id
         self._model = self._tokenizer = None
         self._load_lock = threading.Lock()
 

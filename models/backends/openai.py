@@ -42,7 +42,8 @@ class RateLimiter:
 class OpenAIBackend:
     def __init__(self, cfg, *, backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0):
         self.cfg = cfg
-        self.model_id = f"openai:{cfg.base_url}:{cfg.api_model}"
+        self.model_id = cfg.model_id
+        self.endpoint = cfg.base_url  # recorded with each trace; not part of the cache identity
         self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
         self._clients: list[httpx.AsyncClient] = []
         self._next = 0

@@ -116,9 +116,10 @@ def _is_network(entry: str) -> bool:
 
 
 def _forbidden_kind(ip: IPAddress) -> str | None:
+    # Most specific first: 240.0.0.0/4 is both "reserved" and (to Python) "private"; say "reserved".
     for kind, flag in (("loopback", ip.is_loopback), ("unspecified", ip.is_unspecified),
-                       ("link-local", ip.is_link_local), ("private", ip.is_private),
-                       ("multicast", ip.is_multicast), ("reserved", ip.is_reserved)):
+                       ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
+                       ("reserved", ip.is_reserved), ("private", ip.is_private)):
         if flag:
             return kind
     if not ip.is_global:

@@ -1,17 +1,20 @@
 """A stand-in for a paid teacher API: a real OpenAI-compatible HTTP server on 127.0.0.1 with a fixed latency.
 
-Used by `benchmarks/synthesis.py` and by the fault and crash tests; never by the pipeline itself. It plays
-the three roles the synthesis prompts ask for (recognised from the system prompt) with well-formed, scripted
-answers, deterministic per request, so a re-run sends identical requests and the response cache can prove
-that no paid call is repeated. Faults (429 with Retry-After, 500, timeouts, malformed JSON, empty
-completions) are injected at configurable rates.
+A test double for a remote paid API (the only kind of double the project allows), used by the synthesis
+tests and by `benchmarks/synthesis.py`; never by the pipeline itself. It plays the three roles the synthesis
+prompts ask for (recognised from the system prompt) with well-formed, scripted answers, deterministic per
+request, so a re-run sends identical requests and the response cache can prove that no paid call is repeated.
+Faults (429 with a Retry-After of `retry_after_s`, 500, timeouts, malformed JSON, empty completions) are
+injected at configurable rates, or in a fixed order for the first requests (`fault_script`). `agent` makes the
+subtask agent misbehave the way small models do, to exercise the loop guards: "tool_errors" (every call a bad
+URL), "no_tool" (text without a tool call, every step), "repeat" (the same search, verbatim, every step).
 
     with TeacherAPI(latency_s=0.1, tool_steps=2) as api:   # serves from its own process
         ... model.base_url = api.base_url ...
-        api.stats()   # requests, completions, faults by kind
+        api.stats()   # requests, completions, faults by kind, request arrival times
 
-The server runs in a separate process (`python benchmarks/teacher_api.py --port N ...`), so its work never
-competes with the client's for the GIL, as with a real remote API.
+The server runs in a separate process (`python tests/teacher_api.py --port N ...`), so its work never
+competes with the client's for the GIL, as with a real remote API. `port=` restarts it on a known port.
 """
 
 
@@ -31,19 +34,26 @@ import urllib.request
 from collections import Counter
 
 FAULTS = ("rate_limit", "server_error", "timeout", "malformed", "empty")
+AGENT_MODES = ("normal", "tool_errors", "no_tool", "repeat")
 
 
 class TeacherAPI:
     def __init__(self, latency_s: float = 0.05, tool_steps: int = 2, subtasks: int = 3,
-                 faults: dict[str, float] | None = None, timeout_sleep_s: float = 5.0, seed: int = 0):
+                 faults: dict[str, float] | None = None, timeout_sleep_s: float = 5.0, seed: int = 0,
+                 retry_after_s: float = 0.0, fault_script: list[str] | None = None, agent: str = "normal",
+                 port: int | None = None):
+        assert agent in AGENT_MODES, agent
+        assert all(f in FAULTS for f in (fault_script or [])), fault_script
         self.latency_s, self.tool_steps, self.subtasks = latency_s, tool_steps, subtasks
         self.faults = faults or {}
-        self.timeout_sleep_s = timeout_sleep_s
+        self.timeout_sleep_s, self.retry_after_s = timeout_sleep_s, retry_after_s
+        self.fault_script, self.agent = list(fault_script or []), agent
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
+        self.request_times: list[float] = []  # time.monotonic() at each request's arrival (one clock per host)
         self.lock = threading.Lock()
         self.in_flight = 0
-        self.port = _free_port()
+        self.port = port or _free_port()
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -55,7 +65,7 @@ class TeacherAPI:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=10) as resp:
                 return json.loads(resp.read())
         with self.lock:
-            return dict(self.counts)
+            return {**self.counts, "request_times": list(self.request_times)}
 
     # ---------------------------------------------------------------------------------------------- answers
     def answer(self, body: dict) -> tuple[str, str | None]:
@@ -79,6 +89,13 @@ class TeacherAPI:
         subtask = re.search(r"Your subtask: (.*)", user)
         words = (subtask.group(1) if subtask else "topic")[:60]
         head = "" if prefill.startswith("<think>") else "<think>\n"
+        if self.agent == "tool_errors":
+            return f"{head}Let me read a page.\n</think>\n<crawl_page>url=not-a-url-{len(observations)}", \
+                "</crawl_page>"
+        if self.agent == "no_tool":
+            return f"{head}I keep thinking about {words} ({digest}).\n</think>", None
+        if self.agent == "repeat":
+            return f"{head}Search again.\n</think>\n<web_search>query={words}&num=5", "</web_search>"
         if len(observations) < self.tool_steps:
             return (f"{head}I need more evidence on {words} (step {len(observations) + 1}).\n</think>\n"
                     f"<plan>\nSearch for it.\n</plan>\n<web_search>query={words} {len(observations)}&num=5"), \
@@ -100,9 +117,13 @@ class TeacherAPI:
             body = await request.json()
             with self.lock:
                 self.counts["requests"] += 1
+                self.request_times.append(time.monotonic())
                 self.in_flight += 1
                 self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self.in_flight)
-                fault = next((f for f in FAULTS if self.rng.random() < self.faults.get(f, 0.0)), None)
+                if self.fault_script:
+                    fault = self.fault_script.pop(0)
+                else:
+                    fault = next((f for f in FAULTS if self.rng.random() < self.faults.get(f, 0.0)), None)
                 if fault:
                     self.counts[f"fault.{fault}"] += 1
             try:
@@ -114,7 +135,8 @@ class TeacherAPI:
         async def respond(body: dict, fault: str | None):
             await asyncio.sleep(self.latency_s)
             if fault == "rate_limit":
-                return JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": "0"})
+                return JSONResponse({"error": "slow down"}, status_code=429,
+                                    headers={"Retry-After": f"{self.retry_after_s:g}"})
             if fault == "server_error":
                 return JSONResponse({"error": "boom"}, status_code=500)
             if fault == "timeout":
@@ -133,7 +155,7 @@ class TeacherAPI:
         @app.get("/stats")
         async def stats():
             with self.lock:
-                return dict(self.counts)
+                return {**self.counts, "request_times": list(self.request_times)}
 
         return app
 
@@ -147,7 +169,9 @@ class TeacherAPI:
     def __enter__(self) -> "TeacherAPI":
         args = [sys.executable, __file__, "--port", str(self.port), "--latency", str(self.latency_s),
                 "--tool-steps", str(self.tool_steps), "--subtasks", str(self.subtasks),
-                "--timeout-sleep", str(self.timeout_sleep_s), "--faults", json.dumps(self.faults)]
+                "--timeout-sleep", str(self.timeout_sleep_s), "--faults", json.dumps(self.faults),
+                "--retry-after", str(self.retry_after_s), "--fault-script", json.dumps(self.fault_script),
+                "--agent", self.agent]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while True:
@@ -178,7 +202,10 @@ if __name__ == "__main__":
     parser.add_argument("--subtasks", type=int, default=3)
     parser.add_argument("--timeout-sleep", type=float, default=5.0)
     parser.add_argument("--faults", default="{}")
+    parser.add_argument("--retry-after", type=float, default=0.0)
+    parser.add_argument("--fault-script", default="[]")
+    parser.add_argument("--agent", default="normal", choices=AGENT_MODES)
     a = parser.parse_args()
-    api = TeacherAPI(a.latency, a.tool_steps, a.subtasks, json.loads(a.faults), a.timeout_sleep)
-    api.port = a.port
-    api.serve()
+    TeacherAPI(a.latency, a.tool_steps, a.subtasks, json.loads(a.faults), a.timeout_sleep,
+               retry_after_s=a.retry_after, fault_script=json.loads(a.fault_script), agent=a.agent,
+               port=a.port).serve()
