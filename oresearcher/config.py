@@ -70,7 +70,8 @@ class ModelConfig(Section):
     served_name: str | None = Field(None, description="model name sent to the API (default: name)")
     identity: str | None = Field(
         None, description="what identifies this model for the response cache and trace ids (default: "
-                          "'<backend>:<served name>'; the endpoint URL is not part of it, so a restarted or "
+                          "'<backend>:<served name>', plus the weights' revision for in-process engines; the "
+                          "endpoint URL is not part of it, so a restarted or "
                           "proxied teacher is not paid twice). Set it when two endpoints serve different "
                           "models under one name")
     api_key_env: str | None = Field(None, description="env var holding the API key; never the key itself")
@@ -88,11 +89,6 @@ class ModelConfig(Section):
     @property
     def api_model(self) -> str:
         return self.served_name or self.name
-
-    @property
-    def model_id(self) -> str:
-        """The cache identity: the same model answering the same request gives the same (cached) answer."""
-        return self.identity or f"{self.backend}:{self.api_model if self.backend == 'openai' else self.name}"
 
 
 class SearchConfig(Section):

@@ -50,3 +50,48 @@ def test_embedded_smollm2_answers_from_converted_safetensors():
     out = model.generate(**ids, max_new_tokens=30, do_sample=False)
     answer = tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).lower()
     assert any(w in answer for w in ("plague", "yersinia", "bacteri", "flea")), answer
+
+
+def test_converted_tokenizer_ends_turns_with_im_end_everywhere():
+    """EOS, padding, the chat template's end of turn and the generation config agree: `<|im_end|>`."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    path = Path(resolve_model("smollm2-135m-instruct"))
+    tok = AutoTokenizer.from_pretrained(path)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == end == 2 and tok.pad_token_id == end
+    for name in ("config.json", "generation_config.json"):
+        assert json.loads((path / name).read_text())["eos_token_id"] == end, name
+    turn = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                                   tokenize=False)
+    assert turn.endswith("hello<|im_end|>\n")
+
+
+def test_a_grammar_engine_reads_the_converted_tokenizer_as_text():
+    """llguidance builds its token table from tokenizer.json: every token's bytes must be the bytes the model's
+    tokenizer means by it, so that a newline is a newline to the grammar, not the symbol 'Ċ'."""
+    from pathlib import Path
+
+    import llguidance
+    import llguidance.hf
+    from transformers import AutoTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tok = AutoTokenizer.from_pretrained(Path(resolve_model("smollm2-135m-instruct")))
+    engine = llguidance.hf.from_tokenizer(tok)
+    assert engine.eos_token == tok.eos_token_id
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+    special = set(tok.all_special_ids) | {i for t, i in tok.get_vocab().items() if t.startswith("<|")}
+    for token, i in tok.get_vocab().items():
+        if i not in special:
+            assert engine.decode_bytes([i]) == bytes(byte_of[ch] for ch in token), (i, token)
+    text = "Line one\n  two\tand 你好, café.\n<think>\nok\n</think>"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert engine.decode_str(ids) == tok.decode(ids) == text
+    grammar = llguidance.grammar_from("gbnf", 'root ::= "<think>\\n" [^<]{1,20} "\\n</think>"')
+    matcher = llguidance.LLMatcher(engine, grammar)
+    assert matcher.consume_tokens(tok.encode("<think>\nok two\n</think>", add_special_tokens=False))
+    assert matcher.is_accepting(), matcher.get_error()

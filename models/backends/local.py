@@ -11,13 +11,14 @@ from pathlib import Path
 
 from models.backends.batching import BatchingBackend
 from models.llm import ChatRequest, ChatResponse, Choice, LLMError
+from models.resolve import model_identity
 
 
 class LocalBackend(BatchingBackend):
     def __init__(self, cfg, cache_dir: Path | None = None):
         super().__init__(cfg.max_batch, cfg.batch_window_ms)
         self.cfg, self.cache_dir = cfg, cache_dir
-        self.model_id = cfg.model_id
+        self.model_id = model_identity(cfg, cache_dir)
         self._model = self._tokenizer = None
         self._load_lock = threading.Lock()
 

@@ -16,6 +16,7 @@ import time
 import httpx
 
 from models.llm import ChatRequest, ChatResponse, Choice, LLMError
+from models.resolve import model_identity
 
 POOL_SIZE = 16  # connections per httpx client (see _setup)
 
@@ -42,7 +43,7 @@ class RateLimiter:
 class OpenAIBackend:
     def __init__(self, cfg, *, backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0):
         self.cfg = cfg
-        self.model_id = cfg.model_id
+        self.model_id = model_identity(cfg)
         self.endpoint = cfg.base_url  # recorded with each trace; not part of the cache identity
         self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
         self._clients: list[httpx.AsyncClient] = []

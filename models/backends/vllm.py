@@ -12,13 +12,14 @@ from pathlib import Path
 
 from models.backends.batching import BatchingBackend
 from models.llm import ChatRequest, ChatResponse, Choice, LLMError
+from models.resolve import model_identity
 
 
 class VLLMBackend(BatchingBackend):
     def __init__(self, cfg, cache_dir: Path | None = None, **engine_kwargs):
         super().__init__(max_batch=max(cfg.max_batch, 256), batch_window_ms=cfg.batch_window_ms)
         self.cfg, self.cache_dir, self.engine_kwargs = cfg, cache_dir, engine_kwargs
-        self.model_id = cfg.model_id
+        self.model_id = model_identity(cfg, cache_dir)
         self._llm = None
 
     def _engine(self):
