@@ -48,6 +48,10 @@ def test_bad_records_are_rejected_with_line_and_reason(tmp_path, cfg):
                                7: "duplicate", 8: "near_duplicate", 10: "undecodable"}
     assert all(r.source == str(path) for r in result.rejections)
     assert result.counts()["rejected"] == 8 and result.counts()["read"] == 7  # 3 lines never became records
+    write_seed_version(result, tmp_path / "data", [path])  # the report a user reads: every rejection, located
+    report = json.loads((tmp_path / "data" / "seeds" / "report.json").read_text())
+    assert {(r["source"], r["line"], r["reason"]) for r in report["rejections"]} == \
+        {(str(path), line, reason) for line, reason in reasons(result).items()}
 
 
 def test_byte_order_mark_is_ignored(tmp_path, cfg):
