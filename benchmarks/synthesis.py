@@ -7,8 +7,9 @@ Prints, each measured side by side in one run:
    path is planner + one subtask agent's calls + summarizer, since the subtask agents run concurrently);
 2. parallel vs sequential subtask agents on the same seeds: wall time of the subtask phase and of whole traces;
 3. wall time per seed and peak memory (RSS) at 100 and 1,000 seeds, each in a fresh process;
-4. the `local` backend (the embedded SmolLM2 in transformers): tokens/s with 8 concurrent requests vs one at a
-   time, the dynamic batcher against plain sequential calls.
+4. the embedded model (SmolLM2-135M in transformers, the `local` backend): tokens/s of a plain 8-way batched
+   `generate` (the ceiling), one request at a time, 8 agent steps guided vs unguided, and the make-run-shaped
+   workload (4 seeds x 2 parallel agents, multi-step, guided) as a share of the ceiling.
 The engine is the one the `synthesize` flow runs per seed (`oresearcher.synthesis`), without Prefect's
 per-task overhead, which is constant per seed.
 """
@@ -128,36 +129,98 @@ def scaling(latency: float, sizes: tuple[int, int]) -> None:
           f"peak memory: {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x for {b['seeds'] // a['seeds']}x the seeds")
 
 
-def local_batching(n_concurrent: int = 8, max_tokens: int = 48) -> None:
+def embedded_model(quick: bool) -> None:
+    """4. The embedded model (SmolLM2-135M, transformers on 2 CPU cores), all measured in this one run."""
+    import torch
+    from transformers import AutoTokenizer
+
     from models.llm import make_client
+    from oresearcher import grammar as g
+    from oresearcher.agents import prompt
     from oresearcher.config import load_config
 
-    cfg = load_config(REPO / "configs" / "tiny.yaml").synthesis.teacher
-    client = make_client(cfg.model_copy(update={"max_batch": n_concurrent, "batch_window_ms": 50}))
-    prompts = [[{"role": "user", "content": f"Tell me a long story about explorer number {i} and the sea."}]
-               for i in range(n_concurrent)]
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    client = make_client(cfg.synthesis.teacher)
+    engine = client.backend.engine  # loads the model
+    steps = [[{"role": "system", "content": prompt("subtask_agent")},
+              {"role": "user", "content": f"Research question: {s.query}\nYour subtask: {s.query}"}]
+             for s in default_seeds(8)]
+    n_new = 128
 
-    async def one_at_a_time():
-        toks = 0
-        for p in prompts[:4]:
-            toks += (await client.chat(p, max_tokens=max_tokens, temperature=0)).completion_tokens
-        return toks
+    # a. the ceiling: one plain `generate` call on 8 equal-length prompts, no row ending early
+    tok = AutoTokenizer.from_pretrained(engine.tok.name_or_path)
+    tok.padding_side = "left"
+    enc = tok.apply_chat_template(steps, add_generation_prompt=True, return_tensors="pt", return_dict=True,
+                                  padding=True)
+    with torch.inference_mode():
+        engine.model.generate(**enc, max_new_tokens=2, do_sample=False)
+        start = time.perf_counter()
+        engine.model.generate(**enc, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=True, temperature=0.7,
+                              top_p=0.95)
+        ceiling = 8 * n_new / (time.perf_counter() - start)
 
-    async def together():
-        rs = await asyncio.gather(*[client.chat(p + [{"role": "user", "content": "Go."}], max_tokens=max_tokens,
-                                                temperature=0) for p in prompts])
-        return sum(r.completion_tokens for r in rs)
+    async def gather(calls):
+        start = time.perf_counter()
+        responses = await asyncio.gather(*calls)
+        return sum(r.completion_tokens for r in responses) / (time.perf_counter() - start), responses
 
-    asyncio.run(client.chat(prompts[0], max_tokens=4, temperature=0))  # load and warm up
-    t = time.perf_counter()
-    seq_tokens = asyncio.run(one_at_a_time())
-    seq_tps = seq_tokens / (time.perf_counter() - t)
-    t = time.perf_counter()
-    par_tokens = asyncio.run(together())
-    par_tps = par_tokens / (time.perf_counter() - t)
-    print(f"\n4. local backend (SmolLM2-135M, transformers, CPU): one at a time {seq_tps:.1f} tokens/s, "
-          f"{n_concurrent} concurrent {par_tps:.1f} tokens/s -> {par_tps / seq_tps:.2f}x "
-          f"(batches seen: {sorted(set(client.backend.batch_sizes))})")
+    # b. one request at a time, c. guided vs unguided: the same 8 agent steps together
+    single, _ = asyncio.run(gather([client.chat(steps[0], max_tokens=n_new, temperature=0.7, seed=99)]))
+    guide = g.step_guide([], caps=cfg.synthesis.guide)
+    guided, answers = asyncio.run(gather([client.chat(m, seed=i, guide=guide) for i, m in enumerate(steps)]))
+    lengths = [r.completion_tokens for r in answers]
+    unguided, _ = asyncio.run(gather([client.chat(m, seed=100 + i, max_tokens=n, temperature=0.7)
+                                      for i, (m, n) in enumerate(zip(steps, lengths, strict=True))]))
+    valid = sum(g.last_tool_call(r.text) is not None and g.last_tool_call(r.text).error is None for r in answers)
+    asyncio.run(client.aclose())
+
+    # d. the make-run-shaped workload: 4 seeds x 2 agents in parallel, multi-step, guided, the local corpus
+    seeds = default_seeds(2 if quick else 4)
+    data = Path(tempfile.mkdtemp(prefix="bench-embedded-"))
+    run_cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        f"paths.data_dir={data}", f"research.tape.path={data / 'tape.sqlite'}", "synthesis.mlflow_traces=false",
+        f"synthesis.concurrency={len(seeds)}"])
+    wall, records = run_local(run_cfg, seeds)
+    workload = sum(r["usage"]["completion_tokens"] for r in records) / wall
+    print("\n4. embedded model (SmolLM2-135M, CPU), tokens/s measured side by side in this run")
+    print(f"   a. plain 8-way batched ceiling (one generate call, 8 x {n_new} tokens): {ceiling:6.1f}  "
+          "(same weights and attention kernel as the engine)")
+    print(f"   b. one request at a time:                                           {single:6.1f}")
+    print(f"   c. 8 agent steps together, guided (step grammar; {valid}/8 valid steps): {guided:6.1f}")
+    print(f"      the same 8 unguided, same lengths:                               {unguided:6.1f}  "
+          f"-> guided costs {1 - guided / unguided:+.0%} (target at most 15%)")
+    print(f"   d. make-run-shaped workload ({len(seeds)} seeds x 2 agents, multi-step, guided): {workload:6.1f}  "
+          f"-> {workload / ceiling:.0%} of the ceiling (target at least 60%); "
+          f"{sum(r['valid'] for r in records)}/{len(records)} traces valid, {wall:.0f} s")
+
+
+def default_seeds(n: int):
+    from oresearcher.config import load_config
+    from oresearcher.seeds import ingest_files
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    return ingest_files([REPO / "seeds" / "default.jsonl"], cfg.ingest).seeds[:n]
+
+
+def run_local(cfg, seeds) -> tuple[float, list[dict]]:
+    from models.llm import LLMStore, make_client
+    from oresearcher.research.environment import ResearchEnvironment
+    from oresearcher.synthesis import SynthesisContext, open_trace_store, run_seeds
+
+    store = open_trace_store(cfg.paths.data)
+    client = make_client(cfg.synthesis.teacher, store=LLMStore(cfg.paths.data / "llm.sqlite"))
+    ctx = SynthesisContext(cfg, client, ResearchEnvironment.from_config(cfg), store, "bench")
+
+    async def go():
+        try:
+            await run_seeds(seeds, ctx)
+        finally:
+            await client.aclose()
+
+    assert client.backend.engine is not None  # the model loads before the clock starts
+    start = time.perf_counter()
+    asyncio.run(go())
+    return time.perf_counter() - start, list(store)
 
 
 def main() -> None:
@@ -166,14 +229,18 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5,
                         help="server latency in seconds (real teacher calls take seconds; 0.5 keeps the run short)")
     parser.add_argument("--scaling-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--embedded-only", action="store_true", help="only section 4 (the embedded model)")
     args = parser.parse_args()
     if args.scaling_child:
         scaling_child(args.scaling_child, args.latency)
         return
+    if args.embedded_only:
+        embedded_model(args.quick)
+        return
     throughput(args.latency, args.quick)
     parallel_vs_sequential(args.latency)
     scaling(0.02, (100, 300) if args.quick else (100, 1000))
-    local_batching()
+    embedded_model(args.quick)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from oresearcher.grammar import Guide
 from oresearcher.sqlite import ThreadLocalDB
 from oresearcher.tracing import span
 
@@ -57,6 +58,7 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     n: int = 1
     seed: int | None = None
+    grammar: str | None = None  # GBNF the output must match (`oresearcher.grammar` builds them); part of the key
 
     @property
     def prefill(self) -> bool:
@@ -85,6 +87,7 @@ class ChatResponse:
     cached: bool = False
     cost_usd: float = 0.0
     latency_s: float = 0.0
+    guided: bool = False  # the backend held the output to the request's grammar
 
     @property
     def text(self) -> str:
@@ -102,6 +105,8 @@ class ChatResponse:
 
 class Backend(Protocol):
     model_id: str
+    supports_grammar: bool  # can hold an output to the request's grammar
+    endpoint: str | None  # where the model is served, recorded with traces (not part of the cache identity)
 
     async def generate(self, request: ChatRequest) -> ChatResponse: ...
 
@@ -179,6 +184,7 @@ class Budget:
 class Usage:
     calls: int = 0
     cache_hits: int = 0
+    guided_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -186,6 +192,7 @@ class Usage:
     def add(self, resp: ChatResponse) -> None:
         self.calls += 1
         self.cache_hits += resp.cached
+        self.guided_calls += resp.guided
         self.prompt_tokens += resp.prompt_tokens
         self.completion_tokens += resp.completion_tokens
         self.cost_usd += resp.cost_usd
@@ -194,8 +201,11 @@ class Usage:
 class LLMClient:
     def __init__(self, backend: Backend, *, store: LLMStore | None = None, budget: Budget | None = None,
                  price_in_per_mtok: float = 0.0, price_out_per_mtok: float = 0.0, run: str = "",
-                 defaults: dict | None = None):
+                 defaults: dict | None = None, guided: bool = False):
         self.backend, self.store, self.budget, self.run = backend, store, budget, run
+        # Guided: calls that pass a `guide` are held to its grammar. Off, or on a backend that cannot hold an
+        # output to a grammar, they run unguided and the validator decides.
+        self.guided = guided and backend.supports_grammar
         self.price_in, self.price_out = price_in_per_mtok, price_out_per_mtok
         self.defaults = {"max_tokens": 512, "temperature": 0.7, "top_p": 0.95, **(defaults or {})}
 
@@ -208,12 +218,19 @@ class LLMClient:
 
     async def chat(self, messages: list[Message], *, max_tokens: int | None = None, temperature: float | None = None,
                    top_p: float | None = None, stop: list[str] | tuple[str, ...] = (), n: int = 1,
-                   seed: int | None = None, tag: str = "", usage: Usage | None = None) -> ChatResponse:
-        """One chat completion: from the cache if this exact request was answered before, else from the backend."""
-        req = ChatRequest(tuple((m["role"], m["content"]) for m in messages),
-                          max_tokens if max_tokens is not None else self.defaults["max_tokens"],
+                   seed: int | None = None, tag: str = "", usage: Usage | None = None,
+                   guide: Guide | None = None) -> ChatResponse:
+        """One chat completion: from the cache if this exact request was answered before, else from the backend.
+
+        With a `guide` on a guided client, the output is held to its grammar and the call gets the token budget
+        the grammar fits in; stop sequences are then unnecessary (a complete output admits only its end)."""
+        max_tokens = max_tokens if max_tokens is not None else self.defaults["max_tokens"]
+        grammar = None
+        if guide is not None and self.guided:
+            grammar, max_tokens, stop = guide.gbnf, max(max_tokens, guide.max_tokens), ()
+        req = ChatRequest(tuple((m["role"], m["content"]) for m in messages), max_tokens,
                           temperature if temperature is not None else self.defaults["temperature"],
-                          top_p if top_p is not None else self.defaults["top_p"], tuple(stop), n, seed)
+                          top_p if top_p is not None else self.defaults["top_p"], tuple(stop), n, seed, grammar)
         key = req.key(self.model_id)
         with span(f"llm:{tag or 'chat'}", "LLM", {"model": self.model_id, "messages": req.as_messages()}) as sp:
             resp = self.store.get(key) if self.store else None
@@ -240,7 +257,7 @@ class LLMClient:
                     self.store.record(key, resp, self.run, tag)
             sp.set_outputs({"text": resp.text, "finish_reason": resp.choices[0].finish_reason,
                             "prompt_tokens": resp.prompt_tokens, "completion_tokens": resp.completion_tokens,
-                            "cached": resp.cached})
+                            "cached": resp.cached, "guided": resp.guided})
         if usage is not None:
             usage.add(resp)
         return resp
@@ -249,12 +266,12 @@ class LLMClient:
         await self.backend.aclose()
 
 
-def make_backend(cfg, cache_dir: Path | None = None) -> Backend:
+def make_backend(cfg, cache_dir: Path | None = None, key: str = "model") -> Backend:
     """The backend a `ModelConfig` names. Heavy imports happen only for the one chosen."""
     if cfg.backend == "openai":
         from models.backends.openai import OpenAIBackend
 
-        return OpenAIBackend(cfg)
+        return OpenAIBackend(cfg, key=key)
     if cfg.backend == "local":
         from models.backends.local import LocalBackend
 
@@ -265,7 +282,10 @@ def make_backend(cfg, cache_dir: Path | None = None) -> Backend:
 
 
 def make_client(cfg, *, store: LLMStore | None = None, budget: Budget | None = None, run: str = "",
-                cache_dir: Path | None = None, backend: Backend | None = None) -> LLMClient:
-    return LLMClient(backend or make_backend(cfg, cache_dir), store=store, budget=budget,
+                cache_dir: Path | None = None, backend: Backend | None = None, key: str = "model") -> LLMClient:
+    """The client for a `ModelConfig`; `key` is where that config sits (e.g. "synthesis.teacher"), so that an error
+    about it can name the setting to change."""
+    return LLMClient(backend or make_backend(cfg, cache_dir, key), store=store, budget=budget,
                      price_in_per_mtok=cfg.price_in_per_mtok, price_out_per_mtok=cfg.price_out_per_mtok, run=run,
-                     defaults={"max_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p})
+                     defaults={"max_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p},
+                     guided=cfg.guided)

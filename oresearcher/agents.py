@@ -27,7 +27,7 @@ from pathlib import Path
 from models.llm import LLMClient, LLMError, Usage
 from oresearcher import grammar as g
 from oresearcher.config import SynthesisConfig
-from oresearcher.research.environment import ResearchEnvironment, sources_in_observation
+from oresearcher.research.environment import ResearchEnvironment
 from oresearcher.tracing import span
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -77,9 +77,10 @@ class ResearchResult:
 # ------------------------------------------------------------------------------------------------------ planner
 async def plan_subtasks(client: LLMClient, query: str, cfg: SynthesisConfig, seed: int, usage: Usage) -> list[str]:
     system = prompt("planner", max_subtasks=cfg.max_subtasks)
+    guide = g.planner_guide(min(cfg.min_subtasks, cfg.max_subtasks), cfg.max_subtasks, cfg.guide)
     for attempt in range(2):
         resp = await client.chat([{"role": "system", "content": system}, {"role": "user", "content": query}],
-                                 seed=seed * 100 + attempt, tag="planner", usage=usage)
+                                 seed=seed * 100 + attempt, tag="planner", usage=usage, guide=guide)
         text = resp.text
         if m := re.search(r"<subtask_list>(.*?)(</subtask_list>|$)", text, re.S):
             text = m.group(1)
@@ -107,10 +108,13 @@ async def run_subtask(client: LLMClient, env: ResearchEnvironment, query: str, t
     with span(f"subtask:{title[:60]}", "AGENT", {"query": query, "subtask": title}) as sp:
         while run.steps < cfg.max_steps and not run.stop_reason:
             run.steps += 1
-            prefix = "<think>\n" if cfg.prefill_think else ""
+            # Guided: the step's grammar starts at <think> and offers only what is possible now (an answer once a
+            # tool was used, a crawl of what was observed). Unguided: a prefill may start the block for the model.
+            guide = _step_guide(run, cfg) if client.guided else None
+            prefix = "<think>\n" if cfg.prefill_think and guide is None else ""
             step_messages = messages + [{"role": "assistant", "content": prefix}] if prefix else messages
             resp = await client.chat(step_messages, stop=SUBTASK_STOPS, seed=seed * 1000 + run.steps, tag="subtask",
-                                     usage=usage)
+                                     usage=usage, guide=guide)
             choice = resp.choices[0]
             out = g.complete_stop(prefix + choice.text.strip(), choice.stop_sequence, SUBTASK_STOPS)
             if out.strip() in seen_outputs and len(out) > 20:
@@ -125,7 +129,7 @@ async def run_subtask(client: LLMClient, env: ResearchEnvironment, query: str, t
                 observation = await _observe(env, call)
                 run.tool_calls += 1
                 run.tool_errors += observation.startswith("Error:")
-                run.sources += sources_in_observation(observation)
+                run.sources += g.sources_in_observation(observation)
                 block = g.observation_text(observation)
                 parts.append(block)
                 messages.append({"role": "user", "content": block})
@@ -141,11 +145,24 @@ async def run_subtask(client: LLMClient, env: ResearchEnvironment, query: str, t
             if len(kinds) >= cfg.same_kind_window and len(set(kinds[-cfg.same_kind_window:])) == 1:
                 run.stop_reason = "same_kind_loop"
         if run.answer is None:
-            await _force_answer(client, messages, parts, run, seed, usage)
+            await _force_answer(client, messages, parts, run, seed, usage, cfg)
         run.text = "\n".join(parts)
         run.seconds = time.perf_counter() - start
         sp.set_outputs({"answer": run.answer, "tool_calls": run.tool_calls, "stop_reason": run.stop_reason})
     return run
+
+
+def observed(run: SubtaskRun) -> list[str]:
+    """The URLs this agent has seen, each once, in order: the only ones it may crawl or cite."""
+    return list(dict.fromkeys(url for url, _title in run.sources))
+
+
+def _step_guide(run: SubtaskRun, cfg: SynthesisConfig) -> g.Guide | None:
+    try:
+        return g.step_guide(observed(run), may_call=run.tool_calls < cfg.max_tool_calls,
+                            may_answer=run.tool_calls > 0, caps=cfg.guide)
+    except ValueError:  # no tool call left and nothing observed: no valid step exists; run it unguided
+        return None
 
 
 async def _observe(env: ResearchEnvironment, call: g.ToolCall) -> str:
@@ -158,15 +175,21 @@ async def _observe(env: ResearchEnvironment, call: g.ToolCall) -> str:
 
 
 async def _force_answer(client: LLMClient, messages: list, parts: list[str], run: SubtaskRun, seed: int,
-                        usage: Usage) -> None:
+                        usage: Usage, cfg: SynthesisConfig) -> None:
     """Out of steps (or stopped by a guard): ask for the subtask answer now, starting the block for the model."""
     run.stop_reason = run.stop_reason or "step_cap"
     ask = messages + [{"role": "user", "content": "Stop researching. Write your <subtask_answer> now, citing the "
-                                                  "addresses of the pages you used."},
-                      {"role": "assistant", "content": "<subtask_answer>\n"}]
+                                                  "addresses of the pages you used."}]
+    urls = observed(run)
+    guide = g.answer_guide(urls, cfg.guide) if client.guided and urls else None
+    if guide is None:  # unguided: start the block for the model
+        ask.append({"role": "assistant", "content": "<subtask_answer>\n"})
     resp = await client.chat(ask, stop=("</subtask_answer>",), seed=seed * 1000 + 999, tag="subtask_answer",
-                             usage=usage)
-    answer = resp.text.replace("<subtask_answer>", "").strip()
+                             usage=usage, guide=guide)
+    answer = resp.text
+    if guide is not None:  # the grammar wrote the whole block
+        answer = next((s.content for s in g.parse_segments(answer)[0] if s.tag == g.SUBTASK_ANSWER), answer)
+    answer = answer.replace("<subtask_answer>", "").replace("</subtask_answer>", "").strip()
     parts.append(g.block(g.SUBTASK_ANSWER, answer))
     run.answer = answer
 
@@ -184,7 +207,7 @@ def number_sources(runs: list[SubtaskRun]) -> list[tuple[str, str]]:
 
 
 async def summarize(client: LLMClient, query: str, runs: list[SubtaskRun], sources: list[tuple[str, str]],
-                    seed: int, usage: Usage) -> str:
+                    seed: int, usage: Usage, cfg: SynthesisConfig) -> str:
     number = {url: n for n, (url, _t) in enumerate(sources, 1)}
 
     def with_numbers(answer: str) -> str:
@@ -194,14 +217,19 @@ async def summarize(client: LLMClient, query: str, runs: list[SubtaskRun], sourc
     findings = "\n\n".join(f"## {r.title}\n{with_numbers(r.answer or '(no answer)')}" for r in runs)
     listing = "\n".join(f"[{n}] {title or url} ({url})" for n, (url, title) in enumerate(sources, 1))
     user = f"Research question: {query}\n\n# Findings\n{findings}\n\n# Sources\n{listing or '(none)'}"
+    guide = g.report_guide(len(sources), cfg.guide) if sources else None  # cite only numbers that exist
     resp = await client.chat([{"role": "system", "content": prompt("summarizer")}, {"role": "user", "content": user}],
-                             stop=("</suggested_answer>",), seed=seed * 1000 + 500, tag="summarizer", usage=usage)
+                             stop=("</suggested_answer>",), seed=seed * 1000 + 500, tag="summarizer", usage=usage,
+                             guide=guide)
     return resp.text.replace("<suggested_answer>", "").strip()
 
 
 def finalize_report(draft: str, sources: list[tuple[str, str]]) -> tuple[str, int]:
     """Renumber citations 1..k in order of first use, keep only observed sources, append the References list."""
-    body, _their_refs = g.split_report(g.escape(draft))  # a reference list the model wrote is replaced by ours
+    draft = g.escape(draft)
+    body, their_refs = g.split_report(draft)  # a reference list the model wrote is replaced by ours...
+    if their_refs is not None and not g.references(draft):
+        body = draft  # ...but a section it merely titled "Reference list", with no entries, is part of its text
     renumber: dict[int, int] = {}
     dropped = 0
 
@@ -242,7 +270,7 @@ async def research(client: LLMClient, env: ResearchEnvironment, query: str, cfg:
                 result.subtasks = [await job for job in jobs]
             t2 = time.perf_counter()
             sources = number_sources(result.subtasks)
-            draft = await summarize(client, query, result.subtasks, sources, seed, result.usage)
+            draft = await summarize(client, query, result.subtasks, sources, seed, result.usage, cfg)
             result.report, result.dropped_citations = finalize_report(draft, sources)
             result.timings = {"planner_s": t1 - t0, "subtasks_s": t2 - t1, "summarizer_s": time.perf_counter() - t2}
             result.trace = assemble_trace(titles, result.subtasks, result.report)

@@ -79,9 +79,17 @@ class ModelConfig(Section):
     max_retries: int = Field(5, ge=0, le=20)
     max_concurrency: int = Field(16, ge=1, description="requests in flight at once")
     requests_per_minute: float | None = Field(None, gt=0)
-    # local backend: dynamic batching of requests that arrive together
-    max_batch: int = Field(8, ge=1)
-    batch_window_ms: float = Field(25.0, ge=0)
+    # grammar-constrained decoding: each call's output held to the grammar the agent runtime derives for it
+    guided: bool = Field(False, description="constrain every call to its decoding grammar (local and vllm backends: "
+                                            "always possible; openai: needs grammar_api)")
+    grammar_api: Literal["none", "vllm", "llama.cpp"] = Field(
+        "none", description="openai backend: how this endpoint takes a grammar: 'vllm' (structured_outputs in the "
+                            "request body), 'llama.cpp' (GBNF in 'grammar'), 'none' (it cannot: calls run unguided)")
+    # local backend: continuous batching (rows join and leave between decode steps)
+    max_batch: int = Field(8, ge=1, description="rows decoded together (local); requests grouped (vllm)")
+    batch_window_ms: float = Field(25.0, ge=0, description="vllm backend: how long a group waits for more requests")
+    prefix_cache_tokens: int = Field(32768, ge=0, description="local backend: tokens of key/value cache kept for "
+                                                              "reuse by prompts that extend them (0: off)")
     # pricing for the cost ledger, USD per million tokens
     price_in_per_mtok: float = Field(0.0, ge=0)
     price_out_per_mtok: float = Field(0.0, ge=0)
@@ -169,9 +177,36 @@ class IngestConfig(Section):
     default_seeds: Path = Field(Path("seeds/default.jsonl"), description="what `make run` ingests")
 
 
+class GuideConfig(Section):
+    """Character caps of the free text a guided call may write (`oresearcher.grammar`'s decoding grammars): a small
+    model cannot ramble to its token limit, and a call's grammar always fits its token budget."""
+
+    think: int = Field(300, ge=10, description="<think> text")
+    plan: int = Field(150, ge=10, description="<plan> text")
+    query: int = Field(80, ge=5, description="one web_search query")
+    queries: int = Field(2, ge=1, le=5, description="queries per web_search call")
+    max_num: int = Field(10, ge=1, le=20, description="largest num= a guided web_search may ask for")
+    subtask_line: int = Field(120, ge=10, description="one planner subtask")
+    answer_sentence: int = Field(200, ge=20, description="one sentence of a <subtask_answer>")
+    answer_sentences: int = Field(3, ge=1)
+    heading: int = Field(60, ge=5, description="a report section heading")
+    report_sentence: int = Field(220, ge=20, description="one sentence of the report")
+    report_sentences: int = Field(3, ge=1, description="sentences per report section")
+    min_sections: int = Field(3, ge=1, description="report sections (introduction, body..., conclusion)")
+    max_sections: int = Field(5, ge=1)
+    reason: int = Field(300, ge=10, description="a judge's one-line reason")
+
+    @model_validator(mode="after")
+    def _sections(self) -> GuideConfig:
+        if self.min_sections > self.max_sections:
+            raise ValueError(f"min_sections ({self.min_sections}) exceeds max_sections ({self.max_sections})")
+        return self
+
+
 class SynthesisConfig(Section):
     teacher: ModelConfig = ModelConfig()
     candidates_per_seed: int = Field(1, ge=1, le=16, description="k traces per seed")
+    min_subtasks: int = Field(1, ge=1, le=10, description="guided planners write at least this many")
     max_subtasks: int = Field(3, ge=1, le=10)
     max_steps: int = Field(10, ge=1, description="reasoning steps per subtask agent (paper: 10 is best)")
     max_tool_calls: int = Field(8, ge=1, description="tool calls per subtask")
@@ -186,6 +221,7 @@ class SynthesisConfig(Section):
     seed_retries: int = Field(2, ge=0, description="Prefect retries of a seed's task on unexpected errors")
     limit: int | None = Field(None, ge=1, description="only the first N seeds (smoke runs)")
     mlflow_traces: bool = Field(True, description="log agent and tool spans as MLflow traces")
+    guide: GuideConfig = GuideConfig()
 
 
 class Settings(Section):

@@ -18,6 +18,7 @@ reversible and touches only tag look-alikes, so URLs and `&num=` stay readable.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -293,7 +294,13 @@ class Citation:
     sentence: str  # the claim the citation follows
 
 
-_REFS_HEADING_RE = re.compile(r"^\s*(?:#+\s*)?\**\s*references\s*\**\s*:?\s*$", re.IGNORECASE | re.MULTILINE)
+# The References heading in the forms real reports use (method.md §2): "## References", "**References:**",
+# "## 7. 参考文献（url - title）", "## 参考文献（文中按序引用）", "Sources"; a trailing note in parentheses is allowed.
+REFERENCE_HEADINGS = ("references", "reference list", "sources", "bibliography", "参考文献", "参考资料", "引用文献",
+                      "引用来源", "参考来源")
+_REFS_HEADING_RE = re.compile(
+    r"^[ \t]*(?:#+[ \t]*)?(?:\d+[.、)][ \t]*)?\**[ \t]*(?:" + "|".join(REFERENCE_HEADINGS) + r")[ \t]*"
+    r"(?:[(（][^)）\n]*[)）])?[ \t]*\**[ \t]*[:：]?[ \t]*\**[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _REF_LINE_RE = re.compile(r"^\s*\[(\d+)\]\.?\s*(\S+)(?:\s+[-–—]\s*(.*?))?\s*$")
 # A reference line "[1]. https://..." is not a citation, "... claim [1]." is.
 _CITE_GROUP_RE = re.compile(r"\[(\d+(?:\s*[,;–-]\s*\d+)*)\](?!\.?\s*https?://)")
@@ -369,11 +376,181 @@ def strip_citations(report: str) -> str:
     return re.sub(r"[ \t]*" + _CITE_GROUP_RE.pattern, "", body).strip()
 
 
+# The environment renders every search result and every page it shows as a markdown link `[title](url)`
+# (research/environment.py): those links are what the agent has observed, and the only URLs it may cite.
+_SOURCE_LINK_RE = re.compile(r"\[([^\]\n]*)\]\((https?://[^)\s]+)\)")
+
+
+def sources_in_observation(text: str) -> list[tuple[str, str]]:
+    """(url, title) of every result or page an observation showed, in order."""
+    return [(m.group(2), m.group(1)) for m in _SOURCE_LINK_RE.finditer(text)]
+
+
 def observed_urls(trace: ParsedTrace) -> set[str]:
-    """URLs the environment actually showed the agent (in observations) or that it crawled."""
-    urls = {u for obs in trace.observations for u in re.findall(r"https?://[^\s)\]>\"']+", obs)}
-    urls |= {u for c in trace.tool_calls if c.name == CRAWL_PAGE for u in c.args}
-    return {u.rstrip(".,;") for u in urls}
+    """URLs the environment actually showed the agent: a URL it only typed (a failed crawl) is not observed."""
+    return {url for obs in trace.observations for url, _title in sources_in_observation(obs)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding grammars: what each kind of model call may write, derived from the tags above, as GBNF. llama.cpp's
+# server reads GBNF as it is, vLLM's structured outputs (xgrammar and guidance backends) too, and the in-process
+# engine through llguidance's GBNF reader: one grammar per call, whatever serves the model. Grammars that depend
+# on the run (the URLs observed so far, the number of sources) are built per call; every free-text block has a
+# character cap (`GuideConfig`), and free text can never hold a "<", so it can never open or close a tag.
+
+
+@dataclass(frozen=True)
+class Guide:
+    """The decoding grammar of one model call, and the most characters it lets the model write."""
+
+    kind: str  # "planner", "step", "answer", "report", "score"
+    gbnf: str
+    max_chars: int
+
+    @property
+    def max_tokens(self) -> int:
+        """A token budget the grammar always fits in (2 characters a token is below any real text's average, ~4 for
+        English), so that a guided call ends by its grammar, never cut at the token limit."""
+        return self.max_chars // 2 + 16
+
+
+def _q(text: str) -> str:
+    """A GBNF string literal."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _alt(options: list[str]) -> str:
+    return "(" + " | ".join(_q(o) for o in options) + ")"
+
+
+def _gbnf(rules: dict[str, str]) -> str:
+    return "\n".join(f"{name} ::= {body}" for name, body in rules.items())
+
+
+# Free text never holds a "<", so every block's text ends exactly where its closing tag (or the next tag) begins,
+# for a grammar engine's lexer as much as for the parser; and it holds something besides white space.
+_WS = r"[ \t\n]{0,4}"
+_FREE = r"[^<]"
+_LINE = r"[^<\n]"
+_PROSE = r"[^<\[\]#]"  # a sentence of an answer or report: no tags, no brackets (those are citations), no headings
+
+
+def _text(cap: int, chars: str = _FREE) -> str:
+    """A free-text rule: some white space, one visible character, then at most `cap` characters in all."""
+    visible = chars[:-1] + r" \t\n]" if chars.startswith("[^") else chars
+    return f"{_WS} {visible} {chars}{{0,{cap}}}"
+
+
+def _repeat(item: str, lo: int, hi: int) -> str:
+    """`item` lo..hi times (GBNF refuses `{0,0}`)."""
+    if hi <= 0:
+        return ""
+    return item if lo == hi == 1 else f"{item}{{{lo},{hi}}}"
+
+
+def _caps(caps):
+    from oresearcher.config import GuideConfig
+
+    return caps or GuideConfig()
+
+
+def _block(tag: str, rule: str) -> str:
+    return f'"<{tag}>" {rule} "</{tag}>"'
+
+
+def planner_guide(min_items: int, max_items: int, caps=None) -> Guide:
+    """A numbered list of `min_items`..`max_items` one-line subtasks (the orchestrator writes <subtask_list>)."""
+    caps = _caps(caps)
+    items = [f'"{n}. " line "\\n"' for n in range(1, max_items + 1)]
+    optional = ""
+    for item in reversed(items[min_items:]):  # "3." only after "2.": each optional item nests in the one before
+        optional = f"({item} {optional})?".replace(" )", ")")
+    rules = {"root": " ".join(items[:min_items]) + (f" {optional}" if optional else ""),
+             "line": f"[^<\\n \\t] {_LINE}{{2,{caps.subtask_line}}}"}
+    return Guide("planner", _gbnf(rules), max_items * (caps.subtask_line + 5))
+
+
+def step_guide(observed: list[str], *, may_call: bool = True, may_answer: bool = True, caps=None) -> Guide:
+    """One step of a subtask agent: <think>, an optional <plan>, then exactly one action: a <web_search>, a
+    <crawl_page> of a URL observed so far, or (`may_answer`, once something was observed) the <subtask_answer>,
+    whose citations are observed URLs."""
+    caps = _caps(caps)
+    actions, rules = [], {}
+    if may_call:
+        actions.append("search")
+        # "|" alone separates queries: a query's own spaces around it are its to keep (parse_tool_call strips them)
+        more = _repeat('("|" query)', 0, caps.queries - 1)
+        rules["search"] = f'"<{WEB_SEARCH}>query=" query {more} "&num=" num "</{WEB_SEARCH}>"'.replace("  ", " ")
+        rules["query"] = rf"[ ]? [^<>|&\n \t] [^<>|&\n]{{1,{caps.query}}}"
+        rules["num"] = _alt([str(n) for n in range(1, caps.max_num + 1)])
+        if observed:
+            actions.append("crawl")
+            rules["crawl"] = f'"<{CRAWL_PAGE}>url=" url "</{CRAWL_PAGE}>"'
+    if may_answer and observed:
+        actions.append("answer")
+        rules.update(_answer_rules(caps))
+    if not actions:
+        raise ValueError("a step needs a possible action: allow a tool call, or an answer once something is observed")
+    if observed:
+        rules["url"] = _alt(observed)
+    head = {"root": f'{_block(THINK, "think")} ws (plan ws)? ({" | ".join(actions)})',
+            "think": _text(caps.think), "plan": _block(PLAN, "plantext"), "plantext": _text(caps.plan),
+            "ws": _WS}
+    longest = max((len(u) for u in observed), default=0)
+    action = max(caps.queries * (caps.query + 3) + 40, longest + 30,
+                 _answer_chars(caps, longest) if "answer" in actions else 0)
+    return Guide("step", _gbnf({**head, **rules}), caps.think + caps.plan + 60 + action)
+
+
+def answer_guide(observed: list[str], caps=None) -> Guide:
+    """The <subtask_answer> an agent must write at its step cap: sentences, the first citing an observed URL."""
+    caps = _caps(caps)
+    if not observed:
+        raise ValueError("an answer cites what was observed: with nothing observed there is nothing to cite")
+    rules = {"root": "answer", **_answer_rules(caps), "url": _alt(observed)}
+    return Guide("answer", _gbnf(rules), _answer_chars(caps, max(len(u) for u in observed)))
+
+
+def _answer_rules(caps) -> dict[str, str]:
+    # prose and citations alternate, so each citation follows a claim: "claim [URL]. claim [URL] tail"
+    return {"answer": _block(SUBTASK_ANSWER, _repeat("(asent cite)", 1, caps.answer_sentences) + " asent?"),
+            "asent": _text(caps.answer_sentence, _PROSE), "cite": '"[" url "]"'}
+
+
+def _answer_chars(caps, longest_url: int) -> int:
+    return 40 + (caps.answer_sentences + 1) * (caps.answer_sentence + longest_url + 8)
+
+
+def report_guide(n_sources: int, caps=None) -> Guide:
+    """The summarizer's report: sections, each a heading and sentences, each section citing `[n]` (n one of the
+    `n_sources` numbered sources) after its first claim; the orchestrator renumbers them and writes References."""
+    caps = _caps(caps)
+    if n_sources < 1:
+        raise ValueError("a report cites its sources: with none there is nothing to cite")
+    rules = {"root": _repeat("section", caps.min_sections, caps.max_sections),
+             "section": f'"## " heading "\\n" {_repeat("(rsent cite)", 1, caps.report_sentences)} rtail "\\n\\n"',
+             "heading": f"[^<\\[\\]\\n# \\t] [^<\\[\\]\\n#]{{2,{caps.heading}}}",
+             "rsent": _text(caps.report_sentence, r"[^<\[\]#\n]"), "rtail": r"[^<\[\]#\n]{0,20}",
+             "cite": f'"[" {_alt([str(n) for n in range(1, n_sources + 1)])} "]"'}
+    per_section = caps.heading + 30 + caps.report_sentences * (caps.report_sentence + 12)
+    return Guide("report", _gbnf(rules), caps.max_sections * per_section)
+
+
+def score_guide(lo: int = 0, hi: int = 10, caps=None) -> Guide:
+    """A judge's verdict: a one-line reason, then `Score: n` with lo <= n <= hi (read back by `parse_score`)."""
+    caps = _caps(caps)
+    rules = {"root": f'"Reason: " {_LINE}{{1,{caps.reason}}} "\\nScore: " score',
+             "score": _alt([str(n) for n in range(lo, hi + 1)])}
+    return Guide("score", _gbnf(rules), caps.reason + 20)
+
+
+_SCORE_RE = re.compile(r"^Score:\s*(\d+)\s*$", re.MULTILINE)
+
+
+def parse_score(text: str) -> int | None:
+    """The score a judge wrote in the `score_guide` form; None if there is none."""
+    found = _SCORE_RE.findall(text)
+    return int(found[-1]) if found else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,6 +580,7 @@ class Rule(StrEnum):
     MALFORMED_REFERENCE = "malformed_reference"
     NO_CITATION = "no_citation"
     CITATION_WITHOUT_REFERENCE = "citation_without_reference"
+    FABRICATED_REFERENCE = "fabricated_reference"
 
 
 @dataclass(frozen=True)
@@ -417,11 +595,12 @@ class Violation:
 
 
 # Allowed successors inside a subtask: think → plan → tool → observation → (think | subtask_answer).
-# [ours] <plan> is optional after <think>; a step may repeat <think> only after an observation.
+# [ours] <plan> is optional after <think>; <think> may follow <plan> (think → plan → think → tool: the released
+# model writes it), and repeats after an observation.
 _NEXT = {
     SUBTASK: {THINK},
     THINK: {PLAN, *TOOL_TAGS, SUBTASK_ANSWER},
-    PLAN: {*TOOL_TAGS, SUBTASK_ANSWER},
+    PLAN: {THINK, *TOOL_TAGS, SUBTASK_ANSWER},
     WEB_SEARCH: {OBSERVATION},
     CRAWL_PAGE: {OBSERVATION},
     OBSERVATION: {THINK, SUBTASK_ANSWER},
@@ -462,7 +641,7 @@ def validate(text: str, *, check_report: bool = True) -> list[Violation]:
     _check_subtasks(tagged, add)
     if check_report and trace.report is not None:
         report_seg = next(s for s in reversed(tagged) if s.tag == SUGGESTED_ANSWER)
-        _check_report(trace.report, report_seg, text, add)
+        _check_report(trace.report, report_seg, text, add, observed_urls(trace))
     return _located(text, found)
 
 
@@ -524,7 +703,7 @@ def _check_subtasks(tagged: list[Segment], add) -> None:
     end_subtask(tagged[-1].end)
 
 
-def _check_report(report: str, seg: Segment, text: str, add) -> None:
+def _check_report(report: str, seg: Segment, text: str, add, observed: set[str]) -> None:
     # Offsets inside the report map to the trace approximately: the report starts after its opening tag.
     base = text.find(report[:50], seg.start) if report else seg.start
     base = seg.start if base < 0 else base
@@ -533,6 +712,9 @@ def _check_report(report: str, seg: Segment, text: str, add) -> None:
         add((Rule.MISSING_REFERENCES, "the report has no References list", seg.start))
     for offset, line in malformed_reference_lines(report):
         add((Rule.MALFORMED_REFERENCE, f"not `[n]. URL - Title`: {line[:60]!r}", base + offset))
+    for ref in refs:
+        if ref.url.rstrip(".,;") not in observed:
+            add((Rule.FABRICATED_REFERENCE, f"[{ref.number}] {ref.url[:80]} was never observed", base + ref.position))
     cites = citations(report)
     if not cites:
         add((Rule.NO_CITATION, "the report cites nothing in the text", seg.start))

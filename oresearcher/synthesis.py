@@ -65,6 +65,7 @@ def make_record(seed: Seed, candidate: int, result: ResearchResult, ctx: Synthes
         "id": trace_id(seed, candidate, ctx), "seed_id": seed.id, "candidate": candidate, "query": seed.query,
         "seed_version": ctx.seed_version, "trace": result.trace, "report": result.report,
         "valid": bool(result.trace) and not violations, "violations": [str(v) for v in violations],
+        "guided": 0 < result.usage.calls == result.usage.guided_calls,  # every call held to its grammar
         "structure": summary_of(result), "usage": asdict(result.usage),
         "models": {"teacher": ctx.client.model_id, "teacher_endpoint": getattr(ctx.client.backend, "endpoint", None)},
         "prompts": ctx.prompts, "config": ctx.cfg.name,

@@ -156,7 +156,8 @@ def test_synthesis_token_budget_is_wired_from_config(prefect_server, tmp_path):
     data = tmp_path / "data"
     base = [f"paths.data_dir={data}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"research.tape.path={data / 'tape.sqlite'}", "synthesis.limit=4", "synthesis.concurrency=1",
-            "synthesis.prefill_think=false", "synthesis.mlflow_traces=false", "synthesis.teacher.backend=openai"]
+            "synthesis.prefill_think=false", "synthesis.mlflow_traces=false", "synthesis.teacher.backend=openai",
+            "synthesis.max_subtasks=3"]  # the stand-in teacher's shape: ~8,500 tokens a seed
     seeds = ingest_files([REPO / "seeds" / "default.jsonl"], load_config_tiny().ingest)
     write_seed_version(seeds, data, [REPO / "seeds" / "default.jsonl"])
     with TeacherAPI(latency_s=0.0) as api:

@@ -41,8 +41,11 @@ class RateLimiter:
 
 
 class OpenAIBackend:
-    def __init__(self, cfg, *, backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0):
-        self.cfg = cfg
+    def __init__(self, cfg, *, key: str = "model", backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0):
+        self.cfg, self.key = cfg, key
+        # How this endpoint takes a grammar (config `grammar_api`): vLLM's server reads `structured_outputs` in
+        # the request body (xgrammar and guidance backends both read GBNF); llama.cpp's server reads `grammar`.
+        self.supports_grammar = cfg.grammar_api != "none"
         self.model_id = model_identity(cfg)
         self.endpoint = cfg.base_url  # recorded with each trace; not part of the cache identity
         self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
@@ -88,6 +91,11 @@ class OpenAIBackend:
             body.update(continue_final_message=True, add_generation_prompt=False)
         if self.cfg.repetition_penalty != 1.0:
             body["repetition_penalty"] = self.cfg.repetition_penalty  # vLLM and llama.cpp servers accept it
+        if req.grammar is not None:
+            if self.cfg.grammar_api == "vllm":
+                body["structured_outputs"] = {"grammar": req.grammar}
+            elif self.cfg.grammar_api == "llama.cpp":
+                body["grammar"] = req.grammar
         return body
 
     async def generate(self, req: ChatRequest) -> ChatResponse:
@@ -109,6 +117,11 @@ class OpenAIBackend:
                         reason = f"HTTP {resp.status_code}"
                         retry_after = _retry_after(resp.headers.get("retry-after"))
                     elif resp.status_code >= 400:
+                        if req.grammar is not None and resp.status_code in (400, 422):
+                            raise LLMError(
+                                f"{self.cfg.base_url} refused the request with its grammar (HTTP {resp.status_code}: "
+                                f"{resp.text[:200]}): set {self.key}.grammar_api to the field this server takes "
+                                f"('vllm' or 'llama.cpp'), or to 'none' to run it unguided")
                         raise LLMError(f"HTTP {resp.status_code}: {resp.text[:300]}")
                     else:
                         parsed = _parse(resp, req)
@@ -153,4 +166,5 @@ def _parse(resp: httpx.Response, req: ChatRequest) -> ChatResponse | str:
     usage = data.get("usage") or {}
     prompt = usage.get("prompt_tokens") or sum(len(c) for _, c in req.messages) // 4
     completion = usage.get("completion_tokens") or sum(len(c.text) for c in choices) // 4
-    return ChatResponse(choices, int(prompt), int(completion), str(data.get("model") or "unknown"))
+    return ChatResponse(choices, int(prompt), int(completion), str(data.get("model") or "unknown"),
+                        guided=req.grammar is not None)

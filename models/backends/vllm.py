@@ -16,6 +16,9 @@ from models.resolve import model_identity
 
 
 class VLLMBackend(BatchingBackend):
+    supports_grammar = True  # structured outputs: GBNF through xgrammar or guidance
+    endpoint = None
+
     def __init__(self, cfg, cache_dir: Path | None = None, **engine_kwargs):
         super().__init__(max_batch=max(cfg.max_batch, 256), batch_window_ms=cfg.batch_window_ms)
         self.cfg, self.cache_dir, self.engine_kwargs = cfg, cache_dir, engine_kwargs
@@ -39,15 +42,25 @@ class VLLMBackend(BatchingBackend):
         from vllm import SamplingParams
 
         params = [SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                 stop=list(r.stop) or None, seed=r.seed,
-                                 repetition_penalty=self.cfg.repetition_penalty) for r in requests]
+                                 stop=list(r.stop) or None, seed=r.seed, repetition_penalty=self.cfg.repetition_penalty,
+                                 structured_outputs=_structured(r.grammar)) for r in requests]
         prefill = requests[0].prefill  # the batcher groups by prefill, so one flag fits the group
         outputs = llm.chat([r.as_messages() for r in requests], params, use_tqdm=False,
                            add_generation_prompt=not prefill, continue_final_message=prefill)
         results = []
-        for out in outputs:
+        for request, out in zip(requests, outputs, strict=True):
             choices = [Choice(o.text, "length" if o.finish_reason == "length" else "stop",
                               o.stop_reason if isinstance(o.stop_reason, str) else None) for o in out.outputs]
             results.append(ChatResponse(choices, len(out.prompt_token_ids),
-                                        sum(len(o.token_ids) for o in out.outputs), self.model_id))
+                                        sum(len(o.token_ids) for o in out.outputs), self.model_id,
+                                        guided=request.grammar is not None))
         return results
+
+
+def _structured(grammar: str | None):
+    """vLLM's structured outputs for a GBNF grammar (its `guided_*` fields were removed in 0.12)."""
+    if grammar is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return StructuredOutputsParams(grammar=grammar)

@@ -79,14 +79,6 @@ def render_page(page: Page, budget: int) -> str:
     return f"{head}\n\n{truncate_to_tokens(page.text, budget)}"
 
 
-_LINK_RE = re.compile(r"\[([^\]\n]*)\]\((https?://[^)\s]+)\)")
-
-
-def sources_in_observation(text: str) -> list[tuple[str, str]]:
-    """(url, title) of every result or page an observation showed, in order (inverse of the renderers)."""
-    return [(m.group(2), m.group(1)) for m in _LINK_RE.finditer(text)]
-
-
 def merge_hits(per_query: list[list[SearchHit]], num: int) -> list[SearchHit]:
     """Round-robin across the queries' rankings, de-duplicated by URL, first `num`."""
     merged, seen = [], set()
