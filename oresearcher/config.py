@@ -105,6 +105,11 @@ class SearchConfig(Section):
     searxng_url: str = "http://127.0.0.1:8888"
     serper_url: str = "https://google.serper.dev/search"
     serper_api_key_env: str = Field("SERPER_API_KEY", description="name of the env var holding the key")
+    feedback_docs: int = Field(3, ge=0, le=20, description="local backend: pseudo-relevance feedback from the first "
+                                                           "N results (0: plain BM25)")
+    feedback_terms: int = Field(30, ge=1, le=200, description="local backend: feedback terms added to the query")
+    feedback_weight: float = Field(0.2, gt=0, le=2.0, description="local backend: weight of each feedback term")
+    feedback_keep: int = Field(3, ge=0, le=20, description="local backend: plain BM25's first N results stay first")
     timeout_s: float = Field(15.0, gt=0)
     retries: int = Field(2, ge=0, le=10)
 

@@ -89,6 +89,19 @@ def test_index_is_cached_by_corpus_hash(tmp_path, settings_factory):
     assert second.path != first.path and len(second) == 2
 
 
+def test_feedback_finds_the_subject_a_question_describes(settings_factory):
+    """Pseudo-relevance feedback: the first results of "who developed ... relativity" name Einstein; plain BM25
+    leaves him out of the top 10. The ranking is part of the backend's identity on the tape."""
+    from oresearcher.research.local_index import Feedback, LocalIndex
+
+    cache = settings_factory().paths.cache
+    with_feedback, plain = LocalIndex(["wiki"], cache), LocalIndex(["wiki"], cache, feedback=Feedback(docs=0))
+    query = "who developed the theory of general relativity"
+    assert "Albert Einstein" in [h.title for h in with_feedback.search(query, 10)]
+    assert "Albert Einstein" not in [h.title for h in plain.search(query, 10)]
+    assert with_feedback.backend_id != plain.backend_id and with_feedback.path == plain.path  # one index, two rankings
+
+
 def test_truncate_and_merge():
     text = "word " * 500
     cut = truncate_to_tokens(text, 100)

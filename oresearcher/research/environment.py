@@ -23,7 +23,7 @@ from typing import Protocol
 from oresearcher import grammar
 from oresearcher.config import Settings
 from oresearcher.research.corpus import normalize_url
-from oresearcher.research.local_index import LocalIndex, SearchHit
+from oresearcher.research.local_index import Feedback, LocalIndex, SearchHit
 from oresearcher.research.tape import Tape, TapeMiss
 from oresearcher.research.web import Page, ToolError, TransientToolError
 
@@ -106,7 +106,9 @@ class ResearchEnvironment:
         tape = Tape(cfg.tape_path) if mode != "live" else None
         index = None
         if "local" in (r.search.backend, r.crawl.backend):
-            index = LocalIndex(r.search.corpora, cfg.paths.cache, r.snippet_chars)  # cheap once built
+            index = LocalIndex(r.search.corpora, cfg.paths.cache, r.snippet_chars,  # cheap once built
+                               Feedback(r.search.feedback_docs, r.search.feedback_terms, r.search.feedback_weight,
+                                        r.search.feedback_keep))
         search_id = index.backend_id if r.search.backend == "local" else _live_search_id(cfg)
         pages_id = index.backend_id if r.crawl.backend == "local" else "web"
         searcher = pages = None
