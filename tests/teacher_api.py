@@ -41,13 +41,14 @@ class TeacherAPI:
     def __init__(self, latency_s: float = 0.05, tool_steps: int = 2, subtasks: int = 3,
                  faults: dict[str, float] | None = None, timeout_sleep_s: float = 5.0, seed: int = 0,
                  retry_after_s: float = 0.0, fault_script: list[str] | None = None, agent: str = "normal",
-                 port: int | None = None):
+                 port: int | None = None, reject_grammar: bool = False):
         assert agent in AGENT_MODES, agent
         assert all(f in FAULTS for f in (fault_script or [])), fault_script
         self.latency_s, self.tool_steps, self.subtasks = latency_s, tool_steps, subtasks
         self.faults = faults or {}
         self.timeout_sleep_s, self.retry_after_s = timeout_sleep_s, retry_after_s
         self.fault_script, self.agent = list(fault_script or []), agent
+        self.reject_grammar = reject_grammar  # answer 400 to a request carrying a grammar, as a server without it
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.request_times: list[float] = []  # time.monotonic() at each request's arrival (one clock per host)
@@ -115,8 +116,14 @@ class TeacherAPI:
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
             body = await request.json()
+            sent = "vllm" if "structured_outputs" in body else "llama.cpp" if "grammar" in body else None
             with self.lock:
                 self.counts["requests"] += 1
+                if sent:
+                    self.counts[f"grammar.{sent}"] += 1
+            if sent and self.reject_grammar:
+                return JSONResponse({"error": {"message": f"Unrecognized request argument: {sent}"}}, status_code=400)
+            with self.lock:
                 self.request_times.append(time.monotonic())
                 self.in_flight += 1
                 self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self.in_flight)
@@ -171,7 +178,7 @@ class TeacherAPI:
                 "--tool-steps", str(self.tool_steps), "--subtasks", str(self.subtasks),
                 "--timeout-sleep", str(self.timeout_sleep_s), "--faults", json.dumps(self.faults),
                 "--retry-after", str(self.retry_after_s), "--fault-script", json.dumps(self.fault_script),
-                "--agent", self.agent]
+                "--agent", self.agent] + (["--reject-grammar"] if self.reject_grammar else [])
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while True:
@@ -205,7 +212,8 @@ if __name__ == "__main__":
     parser.add_argument("--retry-after", type=float, default=0.0)
     parser.add_argument("--fault-script", default="[]")
     parser.add_argument("--agent", default="normal", choices=AGENT_MODES)
+    parser.add_argument("--reject-grammar", action="store_true")
     a = parser.parse_args()
     TeacherAPI(a.latency, a.tool_steps, a.subtasks, json.loads(a.faults), a.timeout_sleep,
                retry_after_s=a.retry_after, fault_script=json.loads(a.fault_script), agent=a.agent,
-               port=a.port).serve()
+               port=a.port, reject_grammar=a.reject_grammar).serve()

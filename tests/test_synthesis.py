@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from teacher_api import TeacherAPI
 
-from models.llm import Budget, LLMStore, make_client
+from models.llm import Budget, LLMError, LLMStore, make_client
 from oresearcher import grammar as g
 from oresearcher.config import load_config
 from oresearcher.research.environment import ResearchEnvironment
@@ -299,6 +299,27 @@ def test_cache_identity_is_the_model_not_the_endpoint(tmp_path):
         renamed = make_client(teacher_cfg(moved, served_name="a-different-served-model"), store=store)
         assert not asyncio.run(renamed.chat(ASK, seed=1)).cached and moved.stats()["completions"] == 2
     assert client.model_id == "openai:smollm2-135m-instruct" and client.backend.endpoint == moved.base_url
+
+
+@pytest.mark.parametrize(("api", "field"), [("vllm", "grammar.vllm"), ("llama.cpp", "grammar.llama.cpp")])
+def test_guided_calls_send_the_grammar_in_the_field_the_endpoint_takes(api, field):
+    guide = g.step_guide([])
+    with TeacherAPI(latency_s=0.0) as server:
+        client = make_client(teacher_cfg(server, guided=True, grammar_api=api), key="synthesis.teacher")
+        resp = asyncio.run(client.chat(ASK, guide=guide))
+        plain = make_client(teacher_cfg(server, guided=True, grammar_api="none"))  # cannot: runs unguided
+        unguided = asyncio.run(plain.chat(ASK, guide=guide, seed=5))
+        stats = server.stats()
+    assert client.guided and resp.guided and stats[field] == 1
+    assert not plain.guided and not unguided.guided and stats["requests"] == 2
+
+
+def test_a_server_that_refuses_the_grammar_names_the_setting_to_change():
+    with TeacherAPI(latency_s=0.0, reject_grammar=True) as server:
+        client = make_client(teacher_cfg(server, guided=True, grammar_api="vllm"), key="synthesis.teacher")
+        with pytest.raises(LLMError, match=r"refused the request with its grammar .* set synthesis\.teacher\.grammar_api"):
+            asyncio.run(client.chat(ASK, guide=g.step_guide([])))
+        assert server.stats()["requests"] == 1  # a refusal is final: not retried, not paid again
 
 
 def test_concurrency_limit_and_retry_after(tmp_path):

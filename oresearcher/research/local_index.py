@@ -16,7 +16,7 @@ from pathlib import Path
 from oresearcher.research.corpus import Document, corpus_fingerprint, load_corpus, normalize_url
 from oresearcher.store import atomic_dir
 
-SCHEMA_VERSION = "v2-content-stop-stem"
+SCHEMA_VERSION = "v3-content-stop-stem-feedback"
 ANALYZER = "en_stop_stem"
 _QUERY_SYNTAX = re.compile(r"[+\-!(){}\[\]^\"~*?:\\/<>&|']")
 
@@ -42,7 +42,7 @@ def _schema():
 
     # Ranking uses one `content` field (title twice, description, body): per-field BM25 over a short title
     # field lets single title words dominate ("apart" -> "Apartment"); one field measured better on
-    # benchmarks/search_queries.jsonl. `body` is indexed only so snippets can highlight the query's terms.
+    # benchmarks/search_queries.jsonl. `body` is stored for crawl_page and for snippets.
     sb = tantivy.SchemaBuilder()
     sb.add_text_field("content", stored=False, tokenizer_name=ANALYZER)
     sb.add_text_field("title", stored=True, tokenizer_name=ANALYZER)
@@ -51,7 +51,44 @@ def _schema():
     sb.add_text_field("url", stored=True, tokenizer_name="raw")
     sb.add_text_field("url_key", stored=False, tokenizer_name="raw")
     sb.add_text_field("date", stored=True, tokenizer_name="raw")
+    # The document's feedback terms, "term weight term weight ...", precomputed at build time (see `Feedback`).
+    sb.add_text_field("feedback", stored=True, tokenizer_name="raw", index_option="basic")
     return sb.build()
+
+
+FEEDBACK_TERMS_STORED = 60
+
+
+def feedback_vectors(texts: list[str], analyzer) -> list[str]:
+    """Each text's most characteristic terms, as stored: term frequency in it x inverse document frequency."""
+    counts = [Counter(analyzer.analyze(t)) for t in texts]
+    df = Counter(term for c in counts for term in c)
+    n = len(texts)
+    out = []
+    for c in counts:
+        total = sum(c.values()) or 1
+        weights = {t: k / total * math.log(1 + n / (1 + df[t])) for t, k in c.items()
+                   if len(t) > 2 and not t.isdigit()}
+        top = sorted(weights.items(), key=lambda kv: -kv[1])[:FEEDBACK_TERMS_STORED]
+        out.append(" ".join(f"{t} {w:.5f}" for t, w in top))
+    return out
+
+
+def _key(addr) -> tuple[int, int]:
+    return addr.segment_ord, addr.doc
+
+
+def snippet(body: str, stems: list[str], chars: int) -> str:
+    """About `chars` characters of `body`, from a little before the first word that starts with one of the query's
+    stems, cut at word boundaries. (tantivy's snippet generator scores fragments, at four times the cost of a
+    whole search here; on a short summary the first match is the fragment.)"""
+    stems = [re.escape(t) for t in stems if len(t) > 2]
+    m = re.search(r"\b(?:" + "|".join(stems) + ")", body, re.IGNORECASE) if stems else None
+    start = 0 if m is None or m.start() < chars // 3 else body.find(" ", m.start() - chars // 3) + 1
+    if len(body) - start <= chars:
+        return body[start:].strip()
+    cut = body.rfind(" ", start, start + chars)
+    return body[start : cut if cut > start else start + chars].strip()
 
 
 @dataclass(frozen=True)
@@ -105,62 +142,63 @@ class LocalIndex:
             index.register_tokenizer(ANALYZER, _analyzer())
             writer = index.writer(heap_size=64 * 1024 * 1024, num_threads=1)
             seen: set[str] = set()
+            docs = []
             for spec in self.corpora:
                 for doc in load_corpus(spec):
                     key = normalize_url(doc.url)
-                    if key in seen:
-                        continue  # the same page in two corpora: keep the first
-                    seen.add(key)
-                    content = f"{doc.title}\n{doc.title}\n{doc.description}\n{doc.text}"
-                    writer.add_document(tantivy.Document(
-                        content=content, title=doc.title, body=doc.text, description=doc.description, url=doc.url,
-                        url_key=key, date=doc.date))
+                    if key not in seen:  # the same page in two corpora: keep the first
+                        seen.add(key)
+                        docs.append((key, doc))
+            vectors = feedback_vectors([f"{d.title} {d.text}" for _k, d in docs], _analyzer())
+            for (key, doc), vector in zip(docs, vectors, strict=True):
+                content = f"{doc.title}\n{doc.title}\n{doc.description}\n{doc.text}"
+                writer.add_document(tantivy.Document(
+                    content=content, title=doc.title, body=doc.text, description=doc.description, url=doc.url,
+                    url_key=key, date=doc.date, feedback=vector))
             writer.commit()
             writer.wait_merging_threads()
             (tmp / ".complete").write_text(",".join(self.corpora))
 
     def search(self, query: str, k: int = 10) -> list[SearchHit]:
-        """Top-k BM25 hits for a free-text query, with a snippet of each body around the query's terms."""
-        import tantivy
-
+        """Top-k hits for a free-text query (BM25, then feedback; see `Feedback`), each with a snippet of its body
+        around the query's first matching term."""
         text = _QUERY_SYNTAX.sub(" ", query).strip()
         if not text:
             return []
         q, _errors = self._index.parse_query_lenient(text, ["content"])
-        snippet_q, _errors = self._index.parse_query_lenient(text, ["body"])
+        terms = list(dict.fromkeys(self._analyzer.analyze(text)))
         with self._lock:
             addrs = [addr for _score, addr in self._searcher.search(q, k).hits]
+            fetched: dict[tuple[int, int], object] = {}  # by (segment, doc): the first results are read once
             if self.feedback.docs and addrs:
-                expanded = self._expanded(q, text, addrs[: self.feedback.docs])
+                fetched = {_key(a): self._searcher.doc(a) for a in addrs[: self.feedback.docs]}
+                expanded = self._expanded(terms, list(fetched.values()))
                 head = addrs[: self.feedback.keep]
-                tail = [a for _s, a in self._searcher.search(expanded, k + len(head)).hits if a not in head]
+                seen = {_key(a) for a in head}
+                tail = [a for _s, a in self._searcher.search(expanded, k + len(head)).hits if _key(a) not in seen]
                 addrs = (head + tail)[:k]
-            docs = [self._searcher.doc(addr) for addr in addrs]
-            gen = tantivy.SnippetGenerator.create(self._searcher, snippet_q, self._index.schema, "body")
-            gen.set_max_num_chars(self.snippet_chars)
-            snippets = [gen.snippet_from_doc(d).fragment() for d in docs]
-        return [SearchHit(d["url"][0], d["title"][0], snip or d["body"][0][: self.snippet_chars], d["date"][0])
-                for d, snip in zip(docs, snippets, strict=True)]
+            docs = [fetched.get(_key(addr)) or self._searcher.doc(addr) for addr in addrs]
+        return [SearchHit(d["url"][0], d["title"][0], snippet(d["body"][0], terms, self.snippet_chars), d["date"][0])
+                for d in docs]
 
-    def _expanded(self, query, text: str, first: list):
-        """`query` OR'ed with the feedback terms of its `first` results (see `Feedback`)."""
+    def _expanded(self, terms: list[str], first: list):
+        """One flat disjunction (which tantivy prunes well): the query's own terms, and the feedback terms of its
+        `first` results at the feedback weight (see `Feedback`)."""
         import tantivy
 
-        fb = self.feedback
-        own = set(self._analyzer.analyze(text))
+        fb, schema = self.feedback, self._index.schema
         weights: Counter[str] = Counter()
-        for addr in first:
-            doc = self._searcher.doc(addr)
-            counts = Counter(self._analyzer.analyze(f"{doc['title'][0]} {doc['body'][0]}"))
-            total = sum(counts.values())
-            for term, n in counts.items():
-                if term not in own and len(term) > 2 and not term.isdigit():
-                    df = self._searcher.doc_freq("content", term)
-                    weights[term] += n / total * math.log(1 + self._searcher.num_docs / (1 + df))
-        extra = [(tantivy.Occur.Should, tantivy.Query.boost_query(
-            tantivy.Query.term_query(self._index.schema, "content", term), fb.weight))
-            for term, _w in weights.most_common(fb.terms)]
-        return tantivy.Query.boolean_query([(tantivy.Occur.Should, query), *extra]) if extra else query
+        for doc in first:  # each document's characteristic terms were computed when the index was built
+            fields = doc["feedback"][0].split()
+            for term, weight in zip(fields[0::2], map(float, fields[1::2]), strict=True):
+                weights[term] += weight
+        for term in terms:
+            weights.pop(term, None)
+        clauses = [(tantivy.Occur.Should, tantivy.Query.term_query(schema, "content", t)) for t in terms]
+        clauses += [(tantivy.Occur.Should, tantivy.Query.boost_query(tantivy.Query.term_query(schema, "content", t),
+                                                                     fb.weight))
+                    for t, _w in weights.most_common(fb.terms)]
+        return tantivy.Query.boolean_query(clauses)
 
     def get(self, url: str) -> Document | None:
         """The corpus document at `url` (any spelling that normalizes the same), or None."""
