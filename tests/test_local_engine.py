@@ -149,3 +149,23 @@ def test_guided_steps_of_the_real_model_are_valid_for_every_seed():
         assert all(s.closed and s.opened and s.content for s in segments)
         call = g.last_tool_call(resp.text)
         assert call is not None and call.error is None and call.args, resp.text
+
+
+def test_a_failing_decode_step_fails_the_requests_in_flight_not_the_engine(tiny, monkeypatch):
+    model, _, tok = tiny
+    engine = engine_for(model, tok)
+    real = engine._decode_step
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("out of memory (simulated)")
+        real()
+
+    monkeypatch.setattr(engine, "_decode_step", flaky)
+    (failed,) = run(engine, [ChatRequest(PROMPTS[0], 16, 0.0, 1.0)])
+    assert isinstance(failed, LLMError) and "out of memory" in str(failed)
+    (after,) = run(engine, [ChatRequest(PROMPTS[3], 4, 0.0, 1.0)])  # the loop survived; it serves the next one
+    assert after.completion_tokens >= 1 and engine.rows == []
+    engine.close()

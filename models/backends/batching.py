@@ -1,9 +1,9 @@
-"""Dynamic batching for in-process engines: requests that arrive together are generated together.
+"""Request grouping for engines that batch on their own (vLLM's offline engine, whose continuous batching takes
+over once a group is handed to it). The in-process transformers engine has its own scheduler (continuous.py).
 
 Callers `await generate(request)`; a worker thread takes the first queued request, waits up to
-`batch_window_ms` for more (up to `max_batch`), groups those that can share one generate call (same sampling
+`batch_window_ms` for more (up to `max_batch`), groups those that can share one engine call (same sampling
 parameters and stop sequences), runs each group, and resolves the callers' futures on their event loops.
-The parallel subtask agents of one seed, and the agents of concurrent seeds, thus share forward passes.
 """
 
 from __future__ import annotations

@@ -219,16 +219,14 @@ class ContinuousEngine:
 
         with torch.inference_mode():
             while True:
-                if not self._admit(block=not self.rows):
-                    return
-                if self.rows:
-                    try:
+                try:
+                    if not self._admit(block=not self.rows):
+                        return
+                    if self.rows:
                         self._decode_step()
-                    except Exception as e:  # noqa: BLE001 - an engine failure fails its requests, not the loop
-                        for row in self.rows:
-                            row.finish = row.finish or "error"
-                        self._fail_rows(LLMError(f"{type(e).__name__}: {e}"))
-                    self._retire()
+                        self._retire()
+                except Exception as e:  # noqa: BLE001 - a failure fails the requests in flight, never the loop:
+                    self._fail_rows(LLMError(f"{type(e).__name__}: {e}"))  # callers waiting forever is worse
 
     def _admit(self, block: bool) -> bool:
         """Take queued jobs while rows are free; False when the engine was closed."""
