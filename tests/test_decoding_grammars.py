@@ -169,6 +169,10 @@ def test_every_free_text_block_is_capped(accepts):
     assert not accepts(guide, g.block(g.THINK, "x" * (CAPS.think + 10)) + "\n" +
                        g.tool_call_text(g.WEB_SEARCH, ["qq"], 3))
     assert guide.max_tokens * 2 >= guide.max_chars  # the token budget fits the longest text the grammar allows
+    for inside in ("a <plan> b", "a </think> b", "x < y"):  # free text never holds a tag, or what could start one
+        raw = f"<think>\n{inside}\n</think>\n"  # as a model writes it (block() would escape it)
+        assert not accepts(guide, raw + g.tool_call_text(g.WEB_SEARCH, ["qq"], 3)), inside
+    assert accepts(guide, g.block(g.THINK, "a <plan> b") + "\n" + g.tool_call_text(g.WEB_SEARCH, ["qq"], 3))
 
 
 def test_planner_grammar_counts_its_items(accepts):
