@@ -66,8 +66,7 @@ def main() -> None:
 
     search = load_config(HERE.parent / "configs" / "tiny.yaml").research.search  # ranking as the agent gets it
     t = time.perf_counter()
-    ours = LocalIndex(["wiki"], default_cache(), feedback=Feedback(search.feedback_docs, search.feedback_terms,
-                                                                   search.feedback_weight, search.feedback_keep))
+    ours = LocalIndex(["wiki"], default_cache(), feedback=Feedback.of(search))
     ours_open = time.perf_counter() - t
     plain = LocalIndex(["wiki"], default_cache(), feedback=Feedback(docs=0))
 

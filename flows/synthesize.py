@@ -47,7 +47,7 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
         if s.mlflow_traces:
             tracing.enable_tracing(cfg.mlflow.resolved_uri(), mlflow.get_run(run_id).info.experiment_id, run_id)
         llm_store = LLMStore(cfg.paths.data / "llm.sqlite")
-        client = make_client(s.teacher, store=llm_store, budget=Budget(s.max_cost_usd, s.max_tokens),
+        client = make_client(s.teacher, key="synthesis.teacher", store=llm_store, budget=Budget(s.max_cost_usd, s.max_tokens),
                              run=str(flow_run.get_id() or run_id), cache_dir=cfg.paths.cache)
         ctx = SynthesisContext(cfg, client, ResearchEnvironment.from_config(cfg), store, seed_version)
         artifact = await acreate_progress_artifact(0.0, key="synthesis-progress", description="seeds synthesized")

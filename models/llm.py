@@ -8,7 +8,7 @@ Every model call in the project goes through `LLMClient.chat`, whatever the back
 Around the backend, the client adds what a paid run needs:
 - a **response cache** keyed by the request (model, messages, sampling parameters, seed): a re-run never pays
   twice for the same call. Candidate k of a seed passes its own `seed`, so it gets its own sample. The model
-  part is `ModelConfig.model_id`: backend and served name, not the endpoint URL, because what answers a
+  part is `models.resolve.model_identity`: backend and served name, not the endpoint URL, because what answers a
   request is the model, not its address: a teacher restarted on another port or reached through another
   proxy is the same teacher, and re-paying it would be waste. Two endpoints that serve *different* models
   under one name must be told apart with `identity` in their config;

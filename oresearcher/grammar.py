@@ -436,7 +436,7 @@ _PROSE = r"[^<\[\]#]"  # a sentence of an answer or report: no tags, no brackets
 
 
 def _text(cap: int, chars: str = _FREE) -> str:
-    """A free-text rule: some white space, one visible character, then at most `cap` characters in all."""
+    """A free-text rule: a little white space, one visible character, then at most `cap` characters more."""
     visible = chars[:-1] + r" \t\n]" if chars.startswith("[^") else chars
     return f"{_WS} {visible} {chars}{{0,{cap}}}"
 

@@ -20,10 +20,11 @@ def prepare_model(cfg: Settings) -> str:
 @task(name="build-search-index")
 def build_search_index(cfg: Settings) -> dict[str, int | str]:
     """Build (or reuse, by corpus hash) the local search index."""
-    from oresearcher.research.local_index import LocalIndex
+    from oresearcher.research.local_index import Feedback, LocalIndex
 
     if "local" not in (cfg.research.search.backend, cfg.research.crawl.backend):
         return {"backend": cfg.research.search.backend, "docs": 0}
     start = time.perf_counter()
-    index = LocalIndex(cfg.research.search.corpora, cfg.paths.cache)
+    index = LocalIndex(cfg.research.search.corpora, cfg.paths.cache, cfg.research.snippet_chars,
+                       Feedback.of(cfg.research.search))
     return {"backend": index.backend_id, "docs": len(index), "seconds": round(time.perf_counter() - start, 3)}

@@ -41,7 +41,7 @@ class TeacherAPI:
     def __init__(self, latency_s: float = 0.05, tool_steps: int = 2, subtasks: int = 3,
                  faults: dict[str, float] | None = None, timeout_sleep_s: float = 5.0, seed: int = 0,
                  retry_after_s: float = 0.0, fault_script: list[str] | None = None, agent: str = "normal",
-                 port: int | None = None, reject_grammar: bool = False):
+                 port: int | None = None, reject_grammar: bool = False, require_key: str | None = None):
         assert agent in AGENT_MODES, agent
         assert all(f in FAULTS for f in (fault_script or [])), fault_script
         self.latency_s, self.tool_steps, self.subtasks = latency_s, tool_steps, subtasks
@@ -49,6 +49,7 @@ class TeacherAPI:
         self.timeout_sleep_s, self.retry_after_s = timeout_sleep_s, retry_after_s
         self.fault_script, self.agent = list(fault_script or []), agent
         self.reject_grammar = reject_grammar  # answer 400 to a request carrying a grammar, as a server without it
+        self.require_key = require_key  # answer 401 to a request without this bearer key
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.request_times: list[float] = []  # time.monotonic() at each request's arrival (one clock per host)
@@ -121,6 +122,8 @@ class TeacherAPI:
                 self.counts["requests"] += 1
                 if sent:
                     self.counts[f"grammar.{sent}"] += 1
+            if self.require_key and request.headers.get("authorization") != f"Bearer {self.require_key}":
+                return JSONResponse({"error": {"message": "Incorrect API key provided"}}, status_code=401)
             if sent and self.reject_grammar:
                 return JSONResponse({"error": {"message": f"Unrecognized request argument: {sent}"}}, status_code=400)
             with self.lock:
@@ -178,7 +181,8 @@ class TeacherAPI:
                 "--tool-steps", str(self.tool_steps), "--subtasks", str(self.subtasks),
                 "--timeout-sleep", str(self.timeout_sleep_s), "--faults", json.dumps(self.faults),
                 "--retry-after", str(self.retry_after_s), "--fault-script", json.dumps(self.fault_script),
-                "--agent", self.agent] + (["--reject-grammar"] if self.reject_grammar else [])
+                "--agent", self.agent] + (["--reject-grammar"] if self.reject_grammar else []) + \
+            (["--require-key", self.require_key] if self.require_key else [])
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while True:
@@ -213,7 +217,8 @@ if __name__ == "__main__":
     parser.add_argument("--fault-script", default="[]")
     parser.add_argument("--agent", default="normal", choices=AGENT_MODES)
     parser.add_argument("--reject-grammar", action="store_true")
+    parser.add_argument("--require-key", default=None)
     a = parser.parse_args()
     TeacherAPI(a.latency, a.tool_steps, a.subtasks, json.loads(a.faults), a.timeout_sleep,
                retry_after_s=a.retry_after, fault_script=json.loads(a.fault_script), agent=a.agent,
-               port=a.port, reject_grammar=a.reject_grammar).serve()
+               port=a.port, reject_grammar=a.reject_grammar, require_key=a.require_key).serve()

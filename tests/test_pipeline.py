@@ -173,3 +173,31 @@ def load_config_tiny():
     from oresearcher.config import load_config
 
     return load_config(REPO / "configs" / "tiny.yaml")
+
+
+@pytest.mark.slow
+def test_an_endpoint_that_refuses_grammars_fails_seeds_retryably_and_names_the_setting(prefect_server, tmp_path):
+    """The synthesize flow against a server without grammar support: every seed fails with an error naming
+    `synthesis.teacher.grammar_api`, and is left to retry; with the setting fixed, a re-run completes them."""
+    import asyncio
+
+    from teacher_api import TeacherAPI
+
+    from flows.synthesize import synthesize
+    from oresearcher.seeds import ingest_files, write_seed_version
+
+    data = tmp_path / "data"
+    base = [f"paths.data_dir={data}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"research.tape.path={data / 'tape.sqlite'}", "synthesis.limit=2", "synthesis.mlflow_traces=false",
+            "synthesis.teacher.backend=openai", "synthesis.max_subtasks=3"]
+    write_seed_version(ingest_files([REPO / "seeds" / "default.jsonl"], load_config_tiny().ingest), data,
+                       [REPO / "seeds" / "default.jsonl"])
+    args = {"config_path": str(REPO / "configs" / "tiny.yaml")}
+    with TeacherAPI(latency_s=0.0, reject_grammar=True) as api:
+        url = f"synthesis.teacher.base_url={api.base_url}"
+        refused = asyncio.run(synthesize(**args, overrides=[*base, url, "synthesis.teacher.grammar_api=vllm"]))
+        records = [json.loads(line) for line in (data / "traces" / "traces.jsonl").read_text().splitlines()]
+        assert refused["failures"] == 2 and all(r["retryable"] for r in records)
+        assert all("set synthesis.teacher.grammar_api" in r["failure"] for r in records)
+        fixed = asyncio.run(synthesize(**args, overrides=[*base, url, "synthesis.teacher.grammar_api=none"]))
+    assert fixed["status"] == "complete" and fixed["valid"] == 2 and fixed["failures"] == 0

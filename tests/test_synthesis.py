@@ -317,9 +317,21 @@ def test_guided_calls_send_the_grammar_in_the_field_the_endpoint_takes(api, fiel
 def test_a_server_that_refuses_the_grammar_names_the_setting_to_change():
     with TeacherAPI(latency_s=0.0, reject_grammar=True) as server:
         client = make_client(teacher_cfg(server, guided=True, grammar_api="vllm"), key="synthesis.teacher")
-        with pytest.raises(LLMError, match=r"refused the request with its grammar .* set synthesis\.teacher\.grammar_api"):
+        with pytest.raises(LLMError, match=r"refused the request with its grammar .* set synthesis\.teacher\.grammar_api") as e:
             asyncio.run(client.chat(ASK, guide=g.step_guide([])))
-        assert server.stats()["requests"] == 1  # a refusal is final: not retried, not paid again
+        assert server.stats()["requests"] == 1  # not retried within the run...
+        assert e.value.transient  # ...but a re-run with the setting fixed retries the seed
+
+
+def test_a_wrong_api_key_names_the_setting_and_leaves_the_seed_to_retry(monkeypatch):
+    monkeypatch.setenv("TEST_TEACHER_KEY", "sk-wrong")
+    with TeacherAPI(latency_s=0.0, require_key="sk-right") as server:
+        cfg = teacher_cfg(server, api_key_env="TEST_TEACHER_KEY")
+        with pytest.raises(LLMError, match=r"HTTP 401 .* check synthesis\.teacher\.api_key_env") as e:
+            asyncio.run(make_client(cfg, key="synthesis.teacher").chat(ASK))
+        assert e.value.transient and server.stats()["requests"] == 1  # failed at once, retried by the next run
+        monkeypatch.setenv("TEST_TEACHER_KEY", "sk-right")
+        assert asyncio.run(make_client(cfg, key="synthesis.teacher").chat(ASK)).text
 
 
 def test_concurrency_limit_and_retry_after(tmp_path):

@@ -40,10 +40,9 @@ class _Row:
     generator: object  # torch.Generator
     matcher: object | None = None  # llguidance.LLMatcher
     out: list[int] = field(default_factory=list)
-    finish: str | None = None  # "stop" | "length"
+    finish: str | None = None  # "stop" | "length" | "error"
     stop_sequence: str | None = None
     text: str = ""
-
 
 
 @dataclass
@@ -52,7 +51,6 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     rows: list[_Row] = field(default_factory=list)
-    error: BaseException | None = None
 
 
 class PrefixCache:
@@ -240,7 +238,7 @@ class ContinuousEngine:
                 except queue.Empty:
                     break
             if job is None:
-                self._fail_rows(LLMError("engine closed"))
+                self._fail_rows(LLMError("engine closed"), held_too=True)
                 return False
             block = False
             if len(self.rows) + len(joined) + job.request.n > self.max_batch and (self.rows or joined):
@@ -248,10 +246,10 @@ class ContinuousEngine:
                 break
             try:
                 joined += self._prefill(job)
-            except LLMError as e:
-                self._resolve(job, e)
             except Exception as e:  # noqa: BLE001 - a failure fails this request, not the engine
-                self._resolve(job, LLMError(f"{type(e).__name__}: {e}"))
+                if job in self._jobs:
+                    self._jobs.remove(job)
+                self._resolve(job, e if isinstance(e, LLMError) else LLMError(f"{type(e).__name__}: {e}"))
         if joined:
             self._rebuild(self.rows, joined)
         self._retire_finished_jobs()  # choices that ended on their first token
@@ -499,10 +497,13 @@ class ContinuousEngine:
         return ChatResponse(choices, len(job.rows[0].prompt), completion, self.model_id,
                             guided=job.request.grammar is not None)
 
-    def _fail_rows(self, error: LLMError) -> None:
+    def _fail_rows(self, error: LLMError, held_too: bool = False) -> None:
         for job in list(self._jobs):
             self._jobs.remove(job)
             self._resolve(job, error)
+        if held_too and self._held is not None:
+            self._resolve(self._held, error)
+            self._held = None
         self._empty()
 
     @staticmethod

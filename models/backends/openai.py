@@ -117,11 +117,19 @@ class OpenAIBackend:
                         reason = f"HTTP {resp.status_code}"
                         retry_after = _retry_after(resp.headers.get("retry-after"))
                     elif resp.status_code >= 400:
+                        # The endpoint's configuration, not this request, is wrong: the call fails now, without
+                        # retries, and as `transient`, so that a re-run with the setting fixed retries the seed
+                        # instead of finding it settled as a failure.
                         if req.grammar is not None and resp.status_code in (400, 422):
                             raise LLMError(
                                 f"{self.cfg.base_url} refused the request with its grammar (HTTP {resp.status_code}: "
                                 f"{resp.text[:200]}): set {self.key}.grammar_api to the field this server takes "
-                                f"('vllm' or 'llama.cpp'), or to 'none' to run it unguided")
+                                f"('vllm' or 'llama.cpp'), or to 'none' to run it unguided", transient=True)
+                        if resp.status_code in (401, 403, 404):
+                            raise LLMError(
+                                f"{self.cfg.base_url} answered HTTP {resp.status_code} ({resp.text[:200]}): check "
+                                f"{self.key}.api_key_env, {self.key}.served_name and {self.key}.base_url",
+                                transient=True)
                         raise LLMError(f"HTTP {resp.status_code}: {resp.text[:300]}")
                     else:
                         parsed = _parse(resp, req)

@@ -106,9 +106,7 @@ class ResearchEnvironment:
         tape = Tape(cfg.tape_path) if mode != "live" else None
         index = None
         if "local" in (r.search.backend, r.crawl.backend):
-            index = LocalIndex(r.search.corpora, cfg.paths.cache, r.snippet_chars,  # cheap once built
-                               Feedback(r.search.feedback_docs, r.search.feedback_terms, r.search.feedback_weight,
-                                        r.search.feedback_keep))
+            index = LocalIndex(r.search.corpora, cfg.paths.cache, r.snippet_chars, Feedback.of(r.search))
         search_id = index.backend_id if r.search.backend == "local" else _live_search_id(cfg)
         pages_id = index.backend_id if r.crawl.backend == "local" else "web"
         searcher = pages = None

@@ -107,6 +107,11 @@ class Feedback:
     weight: float = 0.2
     keep: int = 3
 
+    @classmethod
+    def of(cls, search) -> Feedback:
+        """The feedback a `SearchConfig` asks for (`research.search.feedback_*`)."""
+        return cls(search.feedback_docs, search.feedback_terms, search.feedback_weight, search.feedback_keep)
+
     def __str__(self) -> str:
         return f"prf{self.docs}-{self.terms}-{self.weight:g}-{self.keep}" if self.docs else "noprf"
 
