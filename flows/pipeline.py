@@ -2,13 +2,15 @@
 
 Stages, as in the paper (method.md §1): seed ingestion → multi-agent synthesis → three-tier filtering → SFT →
 GRPO → evaluation. Stages join this flow as they land; today: ready the research environment (model, search
-index), ingest the default seeds, synthesize traces. Each stage logs its own MLflow run and DVC version.
+index), ingest the default seeds, synthesize traces, filter them. Each stage logs its own MLflow run and DVC
+version.
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.filter import filter_traces
 from flows.ingest import ingest
 from flows.synthesize import synthesize
 from oresearcher.config import load_config
@@ -24,5 +26,8 @@ async def pipeline(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     seeds = ingest(paths=seed_files or [str(cfg.paths.resolve(cfg.ingest.default_seeds))],
                    config_path=config_path, overrides=overrides)
     traces = await synthesize(config_path=config_path, overrides=overrides)
-    get_run_logger().info("model %s | index %s | seeds %s | traces %s", model_dir, index, seeds["counts"], traces)
-    return {"model_dir": model_dir, "index": index, "seeds": seeds, "synthesis": traces}
+    filtered = await filter_traces(config_path=config_path, overrides=overrides)
+    log = get_run_logger()
+    log.info("model %s | index %s | seeds %s | traces %s", model_dir, index, seeds["counts"], traces)
+    log.info("filter: %s (%s)", filtered["summary"], filtered["gate_reason"])
+    return {"model_dir": model_dir, "index": index, "seeds": seeds, "synthesis": traces, "filter": filtered}

@@ -40,10 +40,14 @@ def prompt(name: str, **fields) -> str:
     return (PROMPTS / f"{name}.md").read_text().format(**fields).strip()
 
 
+AGENT_PROMPTS = ("planner.md", "subtask_agent.md", "summarizer.md")
+
+
 def prompts_fingerprint() -> str:
+    """What trace ids depend on: the agents' prompts only (a judge's prompt changes no trace)."""
     h = hashlib.sha256()
-    for p in sorted(PROMPTS.glob("*.md")):
-        h.update(p.name.encode() + p.read_bytes())
+    for name in AGENT_PROMPTS:
+        h.update(name.encode() + (PROMPTS / name).read_bytes())
     return h.hexdigest()[:12]
 
 

@@ -4,6 +4,8 @@
     oresearcher crawl https://en.wikipedia.org/wiki/Black_Death
     oresearcher trace check traces.jsonl --field trace    # validate every trace in a file
     oresearcher model prepare                             # convert the embedded model once
+    oresearcher filter                                    # three-tier filtering of the traces
+    oresearcher review                                    # the human spot-check page
     oresearcher run --config configs/tiny.yaml            # the pipeline, as far as it exists
 
 User errors (a bad config key or value, a missing or unreadable file) are one line on stderr and exit code 2,
@@ -96,6 +98,46 @@ def cmd_synthesize(args) -> int:
     return 0 if result["status"] in ("complete", "budget_spent") else 1
 
 
+def cmd_filter(args) -> int:
+    import asyncio
+
+    from oresearcher.seeds import load_seeds
+    from oresearcher.synthesis import traces_path
+
+    cfg = _settings(args)
+    load_seeds(cfg.paths.data)
+    if not traces_path(cfg.paths.data).exists():
+        raise FileNotFoundError(f"no traces in {traces_path(cfg.paths.data)}: run `oresearcher synthesize` first")
+    from flows.filter import filter_traces
+
+    result = asyncio.run(filter_traces(config_path=args.config, overrides=args.overrides))
+    print(f"filtered version {result['version']}\n{_filter_lines(result)}")
+    return 0 if result["gate"] in ("accepted", "unreviewed") else 1
+
+
+def cmd_review(args) -> int:
+    import os
+    import secrets
+
+    from oresearcher.review.queue import ReviewQueue, queue_path
+    from oresearcher.review.server import ReviewServer
+
+    cfg = _settings(args)
+    token = os.environ.get(cfg.review.token_env) or secrets.token_urlsafe(24)
+    server = ReviewServer(ReviewQueue(queue_path(cfg.paths.data)), cfg.review, token)
+    p = server.queue.progress()
+    shown = f"{server.url}?token={token}" if cfg.review.token_env not in os.environ else \
+        f"{server.url}  (token: ${cfg.review.token_env})"
+    print(f"review page: {shown}\n{p.decided} of {p.items} queued traces reviewed; Ctrl+C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+    return 0
+
+
 def cmd_run(args) -> int:
     import asyncio
 
@@ -103,8 +145,18 @@ def cmd_run(args) -> int:
     _check_seed_files([str(cfg.paths.resolve(cfg.ingest.default_seeds))])
     from flows.pipeline import pipeline
 
-    asyncio.run(pipeline(config_path=args.config, overrides=args.overrides))
+    result = asyncio.run(pipeline(config_path=args.config, overrides=args.overrides))
+    print(_filter_lines(result["filter"]))
     return 0
+
+
+def _filter_lines(result: dict) -> str:
+    j = result["judge"]
+    rules = ", ".join(f"{k} {v}" for k, v in result["rules"].items()) or "none"
+    mean = f", mean score {j['mean_score']:.2f} of {j['scale']}" if j["mean_score"] is not None else ""
+    return "\n".join([f"filter: {result['summary']}", f"  rejections by rule: {rules}",
+                      f"  judge: {j['parsed']} of {j['judged']} scores parsed{mean} ({j['model']})",
+                      f"  gate: {result['gate_reason']}; review page: `oresearcher review`"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_synthesize)
 
+    p = sub.add_parser("filter", help="three-tier filtering of the synthesized traces into a dataset version")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_filter)
+
+    p = sub.add_parser("review", help="serve the human spot-check page of the review queue")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_review)
+
     p = sub.add_parser("run", help="run the pipeline flow on a config")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
@@ -159,11 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input, not a bug: reported as one line unless --debug."""
     from oresearcher.config import ConfigError
+    from oresearcher.filtering import DatasetError
     from oresearcher.research.corpus import CorpusError
     from oresearcher.research.tape import TapeMiss
     from oresearcher.seeds import IngestError
 
-    return ConfigError, CorpusError, TapeMiss, FileNotFoundError, IngestError, PermissionError
+    return ConfigError, CorpusError, TapeMiss, FileNotFoundError, IngestError, PermissionError, DatasetError
 
 
 def main(argv: list[str] | None = None) -> int:

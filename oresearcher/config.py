@@ -229,6 +229,92 @@ class SynthesisConfig(Section):
     guide: GuideConfig = GuideConfig()
 
 
+class RulesConfig(Section):
+    """Tier 1 of filtering (method.md §4): hard rules, each a named check in `oresearcher.criteria`."""
+
+    min_tool_calls: int = Field(2, ge=0, description="tool calls a trace must make in all")
+    max_tool_calls_per_subtask: int = Field(8, ge=1)
+    min_report_chars: int = Field(500, ge=0, description="report body (without References), characters")
+    context_tokens: int | None = Field(None, ge=64, description="a trace longer than this cannot train "
+                                                                "(default: train.max_seq_len), in policy tokens")
+    tool_error_prefixes: list[str] = Field(["Error:"], description="an observation starting with one of these "
+                                                                    "is a tool error")
+    same_language: bool = Field(True, description="the report is written in the query's script")
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="two candidates of one seed whose "
+                                            "reports are this similar (Jaccard of character 5-grams): keep one")
+
+
+class JudgeModelConfig(ModelConfig):
+    """A judge's model: greedy and guided unless told otherwise (a score must be reproducible and parseable)."""
+
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    guided: bool = Field(True, description="hold the verdict to the score form (see ModelConfig.guided)")
+
+
+class JudgeConfig(Section):
+    """Tier 2: an LLM judge scores each trace that passed the rules against a rubric."""
+
+    model: JudgeModelConfig = JudgeModelConfig()
+    criteria: Literal["static", "generated"] = Field(
+        "static", description="'static': the rubric below for every query; 'generated': the judge writes "
+                              "n_criteria per query first (one extra call per seed, cached)")
+    rubric: list[str] = [
+        "Comprehensiveness: covers the main aspects the query asks about",
+        "Insight: explains causes and consequences rather than listing facts",
+        "Instruction following: answers the query that was asked",
+        "Readability: clear structure, each claim supported by a citation",
+    ]
+    n_criteria: int = Field(4, ge=1, le=10)
+    scale: int = Field(10, ge=1, le=100, description="scores run from 0 to this")
+    keep: Literal["threshold", "best_of_k"] = Field(
+        "threshold", description="'threshold': every trace scoring >= threshold; 'best_of_k': the best-scoring "
+                                 "candidate of each seed, if it reaches the threshold")
+    threshold: int = Field(6, ge=0)
+    seed: int = Field(0, description="sampling seed of every judge call (re-runs read the cache)")
+    max_report_chars: int = Field(6000, ge=200, description="the judge reads at most this much of a report")
+    max_cost_usd: float | None = Field(None, ge=0)
+    concurrency: int = Field(8, ge=1, description="judge calls in flight")
+    guide: GuideConfig = Field(GuideConfig(reason=200), description="guided judges: the reason's length cap")
+
+    @model_validator(mode="after")
+    def _threshold_on_scale(self) -> JudgeConfig:
+        if self.threshold > self.scale:
+            raise ValueError(f"threshold ({self.threshold}) exceeds scale ({self.scale})")
+        return self
+
+
+class FilterConfig(Section):
+    rules: RulesConfig = RulesConfig()
+    judge: JudgeConfig = JudgeConfig()
+
+
+class ReviewConfig(Section):
+    """Tier 3: a human spot-check of a sample of what passed tiers 1-2, which gates training."""
+
+    rate: float = Field(0.05, ge=0, le=1, description="share of each batch sampled for review")
+    min_per_batch: int = Field(20, ge=0, description="at least this many per batch (all, if fewer)")
+    required: bool = Field(False, description="the filter flow waits for the sample's verdicts and blocks a "
+                                              "batch whose rejection rate is too high (scheduled retraining); "
+                                              "false: it proceeds and marks the version 'unreviewed'")
+    max_reject_rate: float = Field(0.2, ge=0, le=1, description="block the batch above this sampled rejection rate")
+    reason_codes: list[str] = ["format", "unsupported_claim", "off_topic", "low_quality", "unsafe", "other"]
+    host: str = Field("127.0.0.1", description="the review page listens here; beyond localhost only if set")
+    port: int = Field(8765, ge=0, le=65535)
+    token_env: str = Field("ORESEARCHER_REVIEW_TOKEN", description="env var holding the page's access token "
+                                                                  "(unset: a random one, printed at start)")
+    lease_s: float = Field(1800.0, gt=0, description="an item opened by a reviewer is theirs this long")
+    poll_s: float = Field(10.0, gt=0, description="how often a waiting filter flow reads the queue")
+    wait_timeout_s: float = Field(7 * 24 * 3600.0, gt=0, description="the filter flow stops waiting after this; "
+                                                                      "the version stays 'pending_review'")
+
+    @field_validator("reason_codes")
+    @classmethod
+    def _codes(cls, v: list[str]) -> list[str]:
+        if not v or len(v) > 9:
+            raise ValueError("between 1 and 9 reason codes (the page maps them to keys 1-9)")
+        return v
+
+
 class Settings(Section):
     name: str = "tiny"
     paths: PathsConfig = PathsConfig()
@@ -236,6 +322,8 @@ class Settings(Section):
     research: ResearchConfig = ResearchConfig()
     ingest: IngestConfig = IngestConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
+    filter: FilterConfig = FilterConfig()
+    review: ReviewConfig = ReviewConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
 

@@ -29,6 +29,7 @@ from oresearcher import evalsets
 from oresearcher.config import IngestConfig
 
 QUERY_FIELDS = ("query", "prompt", "question", "text")
+TOPIC_FIELDS = ("topic", "category", "domain")  # optional; the review sample is stratified by it
 
 
 class IngestError(ValueError):
@@ -41,6 +42,7 @@ class Seed:
     query: str
     source: str
     line: int
+    topic: str = ""
 
 
 @dataclass
@@ -82,8 +84,13 @@ def _pick_field(keys, source: str) -> str:
     raise IngestError(f"{source}: no query column (expected one of {', '.join(QUERY_FIELDS)}; found {list(keys)})")
 
 
-def read_records(path: Path, rejections: list[Rejection]) -> list[tuple[int, str]]:
-    """(line, raw query text) of every record in a seed file."""
+def _topic(record) -> str:
+    value = next((record[k] for k in TOPIC_FIELDS if k in record and isinstance(record[k], str)), "")
+    return normalize(value)[:100]
+
+
+def read_records(path: Path, rejections: list[Rejection]) -> list[tuple[int, str, str]]:
+    """(line, raw query text, topic) of every record in a seed file; the topic is "" where the file has none."""
     source = str(path)
     if not path.is_file():
         raise IngestError(f"{source}: no such file")
@@ -96,7 +103,10 @@ def read_records(path: Path, rejections: list[Rejection]) -> list[tuple[int, str
         except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad file
             raise IngestError(f"{source}: not a readable Parquet file ({e})") from None
         column = table.column(_pick_field(table.column_names, source)).to_pylist()
-        return [(i, v if isinstance(v, str) else "") for i, v in enumerate(column, 1)]
+        topics = next((table.column(k).to_pylist() for k in TOPIC_FIELDS if k in table.column_names), [])
+        topics += [""] * (len(column) - len(topics))
+        return [(i, v if isinstance(v, str) else "", t if isinstance(t, str) else "")
+                for i, (v, t) in enumerate(zip(column, topics, strict=True), 1)]
     try:
         raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Excel's CSVs)
     except OSError as e:
@@ -122,7 +132,7 @@ def read_records(path: Path, rejections: list[Rejection]) -> list[tuple[int, str
             if not isinstance(value, str):
                 rejections.append(Rejection(source, n, "no_query_field", f"expected one of {QUERY_FIELDS}"))
                 continue
-            out.append((n, value))
+            out.append((n, value, _topic(rec)))
         return out
     if suffix == ".csv":
         text = "\n".join(line for _, line in lines)
@@ -130,10 +140,11 @@ def read_records(path: Path, rejections: list[Rejection]) -> list[tuple[int, str
             reader = csv.DictReader(io.StringIO(text), strict=True)
             fields = reader.fieldnames or []
             name = fields[0] if len(fields) == 1 else _pick_field(fields, source)
-            return [(i + 1, row.get(name) or "") for i, row in enumerate(reader, 1)]
+            return [(i + 1, row.get(name) or "", _topic({k: v for k, v in row.items() if k})) for i, row in
+                    enumerate(reader, 1)]
         except csv.Error as e:
             raise IngestError(f"{source}: not valid CSV ({e})") from None
-    return [(n, line) for n, line in lines if line.strip()]  # plain text: one query per line
+    return [(n, line, "") for n, line in lines if line.strip()]  # plain text: one query per line
 
 
 # -------------------------------------------------------------------------------------------------- normalising
@@ -222,7 +233,7 @@ def ingest_files(paths: list[Path], cfg: IngestConfig) -> IngestResult:
     near_index = MinHashIndex()
     for path in paths:
         source = str(path)
-        for line, raw in read_records(Path(path), result.rejections):
+        for line, raw, topic in read_records(Path(path), result.rejections):
             result.read += 1
             query = normalize(raw)
             reject = None
@@ -241,7 +252,7 @@ def ingest_files(paths: list[Path], cfg: IngestConfig) -> IngestResult:
                 continue
             seen_exact[key] = f"{source}:{line}"
             near_index.add(f"{source}:{line}", query)
-            seed = Seed(seed_id(query), query, source, line)
+            seed = Seed(seed_id(query), query, source, line, topic)
             if hit := eval_index.best_match(query, cfg.contamination_threshold):
                 result.contamination.append({"seed": asdict(seed), "matches": hit[0], "similarity": round(hit[1], 3)})
                 if cfg.drop_contaminated:

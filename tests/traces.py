@@ -32,3 +32,35 @@ def valid_trace(report: str | None = None) -> str:
         g.block(g.SUBTASK_ANSWER, "Labour shortages raised wages."),
         g.block(g.SUGGESTED_ANSWER, report),
     ])
+
+
+BLACK_DEATH = "https://en.wikipedia.org/wiki/Black_Death"
+REVOLT = "https://en.wikipedia.org/wiki/Peasants%27_Revolt"
+OBSERVED = f"1. [Black Death]({BLACK_DEATH})\n   A plague pandemic.\n2. [Peasants' Revolt]({REVOLT})\n   An uprising."
+REPORT = ("## Introduction\nThe Black Death killed up to half of Europe [1].\n\n## Effects\nWages rose and peasants "
+          "revolted in 1381 [2].\n\n## Conclusion\nA turning point for labour [1][2].\n\n"
+          f"## References\n[1]. {BLACK_DEATH} - Black Death\n[2]. {REVOLT} - Peasants' Revolt")
+UNCITED = REPORT.replace(" [1][2].", ".").replace(" [1].", ".").replace(" [2].", ".")
+
+
+def search(*queries: str) -> tuple[str, list[str]]:
+    return g.WEB_SEARCH, list(queries)
+
+
+def crawl(*urls: str) -> tuple[str, list[str]]:
+    return g.CRAWL_PAGE, list(urls)
+
+
+def research_trace(*subtasks: list[tuple[str, list[str]]], report: str = REPORT, observation: str = OBSERVED) -> str:
+    """A well-formed trace: one subtask per argument, each making the given tool calls in order."""
+    titles = [f"Aspect {i}" for i in range(1, len(subtasks) + 1)]
+    parts = [g.block(g.SUBTASK_LIST, "\n".join(f"{i}. {t}" for i, t in enumerate(titles, 1)))]
+    for title, calls in zip(titles, subtasks, strict=True):
+        parts += [g.block(g.SUBTASK, title), g.block(g.THINK, "I should look this up.")]
+        for n, (name, args) in enumerate(calls):
+            if n:
+                parts.append(g.block(g.THINK, "Next."))
+            parts += [g.tool_call_text(name, args, 5 if name == g.WEB_SEARCH else None), g.observation_text(observation)]
+        parts.append(g.block(g.SUBTASK_ANSWER, f"Found it [{BLACK_DEATH}]."))
+    parts.append(g.block(g.SUGGESTED_ANSWER, report))
+    return "\n".join(parts)
