@@ -11,7 +11,7 @@ from traces import REPORT, UNCITED, search
 from traces import research_trace as trace
 
 from oresearcher import filtering as f
-from oresearcher.config import JudgeConfig, ModelConfig, ReviewConfig, RulesConfig
+from oresearcher.config import JudgeConfig, JudgeModelConfig, ReviewConfig, RulesConfig
 from oresearcher.criteria import rough_token_count
 from oresearcher.judge import Score
 
@@ -112,7 +112,7 @@ def test_the_judge_on_a_random_model_still_returns_a_parseable_score():
     from models.tiny import build_tiny_model
     from oresearcher.judge import Judge
 
-    cfg = JudgeConfig(model=ModelConfig(name=build_tiny_model(), temperature=0.0, guided=True, max_batch=4),
+    cfg = JudgeConfig(model=JudgeModelConfig(name=build_tiny_model(), max_batch=4),
                       criteria="generated", n_criteria=2)
     client = make_client(cfg.model)
 

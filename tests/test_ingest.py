@@ -74,6 +74,23 @@ def test_csv_parquet_and_text_inputs(tmp_path, cfg):
         ("a.csv", 3, "empty"), ("b.parquet", 2, "empty")]
 
 
+def test_topics_are_kept_from_every_format_that_has_them(tmp_path, cfg):
+    """The review sample is stratified by topic: a seed keeps the topic (or category, domain) its file gives."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.jsonl").write_text(json.dumps({"query": "What caused the fall of the Roman Republic?",
+                                                  "topic": " Ancient  History "}) + "\n")
+    (tmp_path / "b.csv").write_text('question,category\n"How do coral reefs form and grow over time?",Biology\n')
+    pq.write_table(pa.table({"query": ["How did the Meiji Restoration modernise Japan?"], "domain": ["Japan"]}),
+                   tmp_path / "c.parquet")
+    (tmp_path / "d.txt").write_text("Why do volcanoes erupt on some islands?\n")
+    result = ingest_files([tmp_path / n for n in ("a.jsonl", "b.csv", "c.parquet", "d.txt")], cfg)
+    assert [s.topic for s in result.seeds] == ["Ancient History", "Biology", "Japan", ""]
+    default = ingest_files([REPO / "seeds" / "default.jsonl"], cfg)
+    assert all(s.topic for s in default.seeds) and len({s.topic for s in default.seeds}) >= 5
+
+
 @pytest.mark.parametrize("name,content,message", [
     ("bad.csv", "query\n\"unterminated\n", "not valid CSV"),
     ("bad.parquet", "not parquet at all", "not a readable Parquet"),

@@ -134,6 +134,8 @@ def review(page, verdicts: list[tuple[str, str | None, str]], expect) -> list[st
 def test_review_gate_in_a_real_browser(tmp_path, env):
     from playwright.sync_api import expect, sync_playwright
 
+    assert Path(CHROMIUM).is_file(), "this test needs Debian's Chromium: apt-get install -y chromium (README, Tests)"
+
     data = tmp_path / "data"
     write_inputs(data)
     shots = REPO / "docs" if os.environ.get("ORESEARCHER_SCREENSHOTS") else tmp_path
