@@ -39,7 +39,8 @@ async def filter_traces(config_path: str = "configs/tiny.yaml", overrides: list[
     with stage_run(cfg, "filter", tags={"seed_version": seed_version}) as (mlflow, run_id):
         verdicts = filter_by_rules(records, topics, cfg, policy_token_counter(cfg))           # tier 1
         judged = await judge_traces(records, verdicts, cfg, str(flow_run.get_id() or run_id))  # tier 2
-        version = f.version_id([r["id"] for r in records], cfg.filter.model_dump(mode="json"), judged["identity"])
+        version = f.version_id([r["id"] for r in records], cfg.filter.model_dump(mode="json"), judged["identity"],
+                               verdicts)
         report = {"version": version, "seed_version": seed_version,
                   **f.filter_report(verdicts, judged["identity"], judged["cost"])}
         f.write_version(cfg.paths.data, version, records, verdicts)

@@ -12,9 +12,9 @@ A filtered dataset version is a folder `data/filtered/<version>/`:
 `data/filtered/latest.json` names the newest version. Training reads through `training_set`, which refuses a
 blocked version, and one still waiting for review, with a clear error.
 
-The version id is a hash of what decided it: the input trace ids, the filter settings and the judge's identity.
-Re-running the filter on the same inputs reproduces the same version (judge calls come from the cache) and
-keeps its review decision.
+The version id is a hash of what decided it and what it holds: the input trace ids, the filter settings, the
+judge's identity, and the kept traces with their scores. Re-running the filter on the same inputs reproduces the
+same version (judge calls come from the cache) and keeps its review decision.
 """
 
 from __future__ import annotations
@@ -159,8 +159,11 @@ def gate_decision(reviewed: int, rejected: int, sampled: int, cfg: ReviewConfig)
 
 # --------------------------------------------------------------------------------------------------- versions
 
-def version_id(input_ids: list[str], settings: dict, judge_identity: dict) -> str:
-    blob = json.dumps([sorted(input_ids), settings, judge_identity], sort_keys=True)
+def version_id(input_ids: list[str], settings: dict, judge_identity: dict, verdicts: list[Verdict]) -> str:
+    """What decided the version, and what it holds: the same id means the same traces with the same scores (a judge
+    on another machine may score differently: batched floating point is not bit-identical everywhere)."""
+    decided = sorted((v.id, v.score) for v in verdicts if v.kept)
+    blob = json.dumps([sorted(input_ids), settings, judge_identity, decided], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -99,11 +99,15 @@ def test_training_refuses_a_blocked_or_waiting_version_and_drops_human_rejection
     assert len(f.training_set(tmp_path)[1]) == 2
 
 
-def test_the_version_depends_on_inputs_settings_and_judge():
-    base = f.version_id(["a", "b"], {"x": 1}, {"model": "m"})
-    assert base == f.version_id(["b", "a"], {"x": 1}, {"model": "m"})
-    assert len({base, f.version_id(["a"], {"x": 1}, {"model": "m"}), f.version_id(["a", "b"], {"x": 2}, {"model": "m"}),
-                f.version_id(["a", "b"], {"x": 1}, {"model": "n"})}) == 4
+def test_the_version_depends_on_inputs_settings_judge_and_what_was_kept():
+    kept = [f.Verdict("a", "s1", 0, "q", score=7), f.Verdict("b", "s2", 0, "q", score=5, rejected_at=2)]
+    base = f.version_id(["a", "b"], {"x": 1}, {"model": "m"}, kept)
+    assert base == f.version_id(["b", "a"], {"x": 1}, {"model": "m"}, kept)
+    rescored = [f.Verdict("a", "s1", 0, "q", score=8), kept[1]]
+    assert len({base, f.version_id(["a"], {"x": 1}, {"model": "m"}, kept),
+                f.version_id(["a", "b"], {"x": 2}, {"model": "m"}, kept),
+                f.version_id(["a", "b"], {"x": 1}, {"model": "n"}, kept),
+                f.version_id(["a", "b"], {"x": 1}, {"model": "m"}, rescored)}) == 5
 
 
 def test_the_judge_on_a_random_model_still_returns_a_parseable_score():

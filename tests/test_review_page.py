@@ -57,11 +57,9 @@ def write_inputs(data: Path) -> None:
 
 
 def cli(*args: str, data: Path, tmp: Path) -> list[str]:
-    from models.tiny import build_tiny_model
-
+    """The CLI on the tiny config (the embedded model judging) with the test's data and a gate that waits."""
     settings = [f"paths.data_dir={data}", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
-                f"research.tape.path={tmp / 'tape.sqlite'}", f"filter.judge.model.name={build_tiny_model()}",
-                "filter.judge.threshold=0", "filter.rules.min_report_chars=50", "review.required=true",
+                f"research.tape.path={tmp / 'tape.sqlite'}", "filter.judge.threshold=0", "filter.rules.min_report_chars=50", "review.required=true",
                 "review.poll_s=0.2", "review.min_per_batch=20", "review.max_reject_rate=0.3", "review.port=0"]
     return [sys.executable, "-m", "oresearcher.cli", *args, "--config", str(REPO / "configs" / "tiny.yaml"),
             *[x for s in settings for x in ("--set", s)]]
@@ -167,7 +165,9 @@ def test_review_gate_in_a_real_browser(tmp_path, env):
             assert page.locator("#item script, #item img").count() == 0
             page.keyboard.press("e")  # every subtask opened
             expect(page.locator("details.subtask[open]")).to_have_count(2)
-            page.screenshot(path=str(shots / "review-page.png"), full_page=True)
+            page.set_viewport_size({"width": 1280, "height": 1950})  # the whole item, the verdict bar at its foot
+            page.screenshot(path=str(shots / "review-page.png"))
+            page.set_viewport_size({"width": 1280, "height": 1000})
             page.locator("a.cite").first.click()
             assert page.url.endswith("#ref-1")
             link = page.locator("#ref-1 a")
@@ -193,9 +193,10 @@ def test_review_gate_in_a_real_browser(tmp_path, env):
             assert stored["trace0"]["comment"] == "the observation is a hostile page"
             assert stored[seen[3]]["reason_code"] == "low_quality"
 
-            # Batch 2 (another filter setting, so another version): 1 of 6 = 0.17 <= 0.3 -> accepted, and the
-            # trace the reviewer rejected stays out of the training set.
-            flow = subprocess.Popen(cli("filter", data=data, tmp=tmp_path) + ["--set", "filter.judge.seed=1"],
+            # Batch 2 (another filter setting, so another version; the judge's calls come from the cache): 1 of 6
+            # = 0.17 <= 0.3 -> accepted, and the trace the reviewer rejected stays out of the training set.
+            flow = subprocess.Popen(cli("filter", data=data, tmp=tmp_path) +
+                                    ["--set", "filter.rules.near_duplicate_threshold=0.95"],
                                     env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             batch2 = wait_for_queue(data, len(SEEDS), flow)
             assert batch2 != batch
