@@ -133,3 +133,22 @@ def test_the_judge_on_a_random_model_still_returns_a_parseable_score():
     assert judge.usage.calls == 8 and judge.usage.guided_calls == 8  # 4 criteria lists + 4 scores
     assert set(judge.identity) >= {"model", "prompt_sha", "temperature", "seed"}
     assert json.dumps(judge.identity)
+
+
+def test_a_version_not_waited_for_is_decided_once_its_sample_is_reviewed(settings_factory, tmp_path):
+    """review.required false: the flow marks the version unreviewed; once reviewers finish its sample, the next
+    filter run decides it like a waiting one would."""
+    from oresearcher.review.queue import ReviewQueue, queue_path
+    from tasks.filtering import decide_gate
+
+    cfg = settings_factory(f"paths.data_dir={tmp_path / 'data'}", "review.max_reject_rate=0.4")
+    queue = ReviewQueue(queue_path(cfg.paths.data))
+    queue.add_batch("v1", [{"trace_id": f"t{i}", "topic": "", "payload": {}} for i in range(3)])
+    assert decide_gate.fn("v1", 3, None, cfg)["status"] == "unreviewed"
+    for verdict in ("accept", "reject", "accept"):
+        item = queue.claim("alice", 60)
+        queue.decide(item["id"], "alice", verdict, "format" if verdict == "reject" else None, "", 60)
+    gate = decide_gate.fn("v1", 3, None, cfg)
+    assert gate["status"] == "accepted" and gate["human_rejected"] == ["t1"] and "1 of 3" in gate["reason"]
+    assert decide_gate.fn("v1", 3, None, cfg.model_copy(update={"review": cfg.review.model_copy(
+        update={"max_reject_rate": 0.3})}))["status"] == "blocked"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -186,6 +187,10 @@ def test_review_gate_in_a_real_browser(tmp_path, env):
             assert flow.wait(timeout=120) == 1, flow.stdout.read()  # blocked: the CLI says so in its exit code
             gate = f.read_gate(data, batch)
             assert gate["status"] == "blocked" and gate["reviewed"] == 6 and gate["rejected"] == 2, gate
+            # What the Prefect UI showed while the flow waited (read from the temporary server's own database).
+            db = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
+            shown = dict(db.execute("SELECT key, data FROM artifact WHERE key IS NOT NULL ORDER BY created"))
+            assert float(shown["review-progress"]) == 100 and "below_threshold" not in shown["filter-report"]
             with pytest.raises(f.DatasetError, match="blocked from training: sampled rejection rate 0.33"):
                 f.training_set(data)
             stored = {v["trace_id"]: v for v in ReviewQueue(data / "review.sqlite").verdicts(batch)}
