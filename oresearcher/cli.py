@@ -218,13 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input, not a bug: reported as one line unless --debug."""
+    from models.llm import BudgetExceeded
     from oresearcher.config import ConfigError
     from oresearcher.filtering import DatasetError
     from oresearcher.research.corpus import CorpusError
     from oresearcher.research.tape import TapeMiss
     from oresearcher.seeds import IngestError
 
-    return ConfigError, CorpusError, TapeMiss, FileNotFoundError, IngestError, PermissionError, DatasetError
+    return (ConfigError, CorpusError, TapeMiss, FileNotFoundError, IngestError, PermissionError, DatasetError,
+            BudgetExceeded)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,7 +64,7 @@ def filter_by_rules(records: list[dict], topics: dict[str, str], cfg: Settings, 
 async def judge_traces(records: list[dict], verdicts: list[Verdict], cfg: Settings, run: str) -> dict:
     """Tier 2: the judge scores every trace that passed tier 1 (calls cached in `data/llm.sqlite`, costed,
     capped by `filter.judge.max_cost_usd`). Returns the judge's identity and cost."""
-    from models.llm import Budget, LLMStore, make_client
+    from models.llm import Budget, BudgetExceeded, LLMStore, make_client
     from oresearcher.filtering import apply_scores
     from oresearcher.judge import Judge
 
@@ -83,6 +83,9 @@ async def judge_traces(records: list[dict], verdicts: list[Verdict], cfg: Settin
     start = time.perf_counter()
     try:
         scores = dict(await asyncio.gather(*(one(v) for v in todo)))
+    except BudgetExceeded as e:  # the calls that finished are cached: a re-run with more budget pays only the rest
+        raise BudgetExceeded(f"filter.judge.max_cost_usd: {e}; finished judge calls are cached, run again with a "
+                             "larger budget") from None
     finally:
         await client.aclose()
     apply_scores(verdicts, scores, jc.keep, jc.threshold)

@@ -43,9 +43,16 @@ def binary_seed_file(tmp_path) -> str:
     (["ingest", "BINARY"], "a binary file, not text"),
     (["run", "--config", "configs/nope.yaml"], "config file not found: configs/nope.yaml"),
     (["synthesize", "--set", "paths.data_dir=EMPTY"], "no seed set in"),
-], ids=["bad-key", "bad-value", "missing-seed-file", "binary-seed-file", "missing-config", "no-seed-set"])
+    (["filter", "--set", "paths.data_dir=EMPTY"], "no seed set in"),
+    (["filter", "--set", "paths.data_dir=SEEDED"], "run `oresearcher synthesize` first"),
+], ids=["bad-key", "bad-value", "missing-seed-file", "binary-seed-file", "missing-config", "no-seed-set",
+        "filter-no-seed-set", "filter-no-traces"])
 def test_user_errors_are_one_line_fast_and_start_no_server(args, named, binary_seed_file, tmp_path):
-    args = [a.replace("BINARY", binary_seed_file).replace("EMPTY", str(tmp_path / "empty")) for a in args]
+    seeded = tmp_path / "seeded" / "seeds"
+    seeded.mkdir(parents=True)
+    (seeded / "seeds.jsonl").write_text('{"id": "s1", "query": "Why is the sky blue?", "source": "x", "line": 1}\n')
+    args = [a.replace("BINARY", binary_seed_file).replace("EMPTY", str(tmp_path / "empty"))
+            .replace("SEEDED", str(seeded.parent)) for a in args]
     proc, seconds = cli(*args, home=tmp_path / "prefect")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

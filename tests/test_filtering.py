@@ -152,3 +152,16 @@ def test_a_version_not_waited_for_is_decided_once_its_sample_is_reviewed(setting
     assert gate["status"] == "accepted" and gate["human_rejected"] == ["t1"] and "1 of 3" in gate["reason"]
     assert decide_gate.fn("v1", 3, None, cfg.model_copy(update={"review": cfg.review.model_copy(
         update={"max_reject_rate": 0.3})}))["status"] == "blocked"
+
+
+def test_a_spent_judge_budget_stops_filtering_instead_of_scoring_traces_as_failures():
+    """BudgetExceeded is not a judge failure (which would reject the trace): it stops the run, and a re-run with a
+    larger budget pays only for the calls not yet cached."""
+    from models.llm import Budget, BudgetExceeded, make_client
+    from models.tiny import build_tiny_model
+    from oresearcher.judge import Judge
+
+    cfg = JudgeConfig(model=JudgeModelConfig(name=build_tiny_model()))
+    client = make_client(cfg.model, budget=Budget(max_cost_usd=0.0))
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(Judge(client, cfg).score("q", REPORT))

@@ -69,6 +69,15 @@ def test_verdicts_are_stored_with_reviewer_and_time_and_survive_reopening(tmp_pa
     assert row["comment"] == "about something else" and time.time() - row["decided_at"] < 60
 
 
+def test_the_newest_batch_is_served_first(tmp_path):
+    """A later filter run supersedes an earlier one: its sample comes first, the older one's after."""
+    q = ReviewQueue(tmp_path / "review.sqlite")
+    q.add_batch("old", items(1))
+    time.sleep(0.01)
+    q.add_batch("new", items(1))
+    assert [q.claim(r, 60)["batch"] for r in ("a", "b")] == ["new", "old"]
+
+
 @pytest.fixture
 def server(tmp_path):
     q = ReviewQueue(tmp_path / "review.sqlite")

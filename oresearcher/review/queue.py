@@ -1,6 +1,6 @@
 """The human spot-check queue: `data/review.sqlite`, shared by the review page and the waiting filter flow.
 
-A batch is one filtered dataset version; its items are the sampled traces. A reviewer *claims* an item before
+A batch is one filtered dataset version; its items are the sampled traces, served newest batch first. A reviewer *claims* an item before
 seeing it: a claim is one transaction that picks an item nobody holds (or whose holder's lease ran out), so two
 reviewers never get the same item at once. A verdict (accept / reject, a reason code, a comment) is stored with
 the reviewer and the time; the queue is a file, so verdicts and claims survive a restart of the page.
@@ -59,16 +59,18 @@ class ReviewQueue:
         return self.progress(batch).items - before
 
     def claim(self, reviewer: str, lease_s: float) -> dict | None:
-        """The item `reviewer` holds, else the oldest undecided one nobody holds (or whose lease ran out)."""
+        """The item `reviewer` holds, else the first undecided one of the newest batch that nobody holds (or whose
+        holder's lease ran out)."""
         db = self.db.conn()
         now = time.time()
         db.execute("BEGIN IMMEDIATE")  # one claim at a time across threads and processes
         try:
             row = db.execute("SELECT id FROM items WHERE verdict IS NULL AND claimed_by = ? ORDER BY id LIMIT 1",
                              (reviewer,)).fetchone()
-            if row is None:
-                row = db.execute("SELECT id FROM items WHERE verdict IS NULL AND (claimed_by IS NULL OR claimed_at < ?)"
-                                 " ORDER BY id LIMIT 1", (now - lease_s,)).fetchone()
+            if row is None:  # the newest batch first: an older one was superseded by a later filter run
+                row = db.execute("SELECT id FROM items JOIN batches USING (batch) WHERE verdict IS NULL AND "
+                                 "(claimed_by IS NULL OR claimed_at < ?) ORDER BY batches.created DESC, id LIMIT 1",
+                                 (now - lease_s,)).fetchone()
             if row is not None:
                 db.execute("UPDATE items SET claimed_by = ?, claimed_at = ? WHERE id = ?", (reviewer, now, row[0]))
             db.execute("COMMIT")

@@ -143,7 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.BAD_REQUEST, "say who is reviewing (?reviewer=NAME)")
                 return
             item = self.app.queue.claim(reviewer[:80], self.app.cfg.lease_s)
-            self._json(HTTPStatus.OK, {"item": _public(item), "progress": vars(self.app.queue.progress())})
+            progress = self.app.queue.progress(item["batch"] if item else None)  # the batch in hand, else all
+            self._json(HTTPStatus.OK, {"item": _public(item), "progress": vars(progress)})
         else:
             self._error(HTTPStatus.NOT_FOUND, "no such page")
 
@@ -174,7 +175,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, AttributeError) as e:  # ReviewError is a ValueError, as is bad JSON
             self._error(HTTPStatus.CONFLICT if isinstance(e, ReviewError) else HTTPStatus.BAD_REQUEST, str(e))
             return
-        self._json(HTTPStatus.OK, {"progress": vars(self.app.queue.progress())})
+        batch = self.app.queue.item(int(m.group(1)))["batch"]
+        self._json(HTTPStatus.OK, {"progress": vars(self.app.queue.progress(batch))})
 
 
 def _host_name(header: str) -> str:
