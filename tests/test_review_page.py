@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -72,12 +73,32 @@ def env(tmp_path):
             "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.fixture
+def spawn():
+    """Start CLI processes in their own process groups; whatever the test's outcome, every group is killed at the
+    end (a waiting flow, and the temporary Prefect server it started, would otherwise outlive a failed test)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(cmd: list[str], env: dict) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
 class ReviewPage:
     """`oresearcher review` in a subprocess; its address read from the first line it prints."""
 
-    def __init__(self, cmd: list[str], env: dict):
-        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+    def __init__(self, cmd: list[str], env: dict, spawn):
+        self.proc = spawn(cmd, env)
         line = self.proc.stdout.readline()
         assert line.startswith("review page: http://127.0.0.1:"), line + self.proc.stdout.read()
         self.url = line.split()[2]
@@ -130,7 +151,7 @@ def review(page, verdicts: list[tuple[str, str | None, str]], expect) -> list[st
     return seen
 
 
-def test_review_gate_in_a_real_browser(tmp_path, env):
+def test_review_gate_in_a_real_browser(tmp_path, env, spawn):
     from playwright.sync_api import expect, sync_playwright
 
     assert Path(CHROMIUM).is_file(), "this test needs Debian's Chromium: apt-get install -y chromium (README, Tests)"
@@ -138,82 +159,75 @@ def test_review_gate_in_a_real_browser(tmp_path, env):
     data = tmp_path / "data"
     write_inputs(data)
     shots = REPO / "docs" if os.environ.get("ORESEARCHER_SCREENSHOTS") else tmp_path
-    flow = subprocess.Popen(cli("filter", data=data, tmp=tmp_path), env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    flow = spawn(cli("filter", data=data, tmp=tmp_path), env)
     batch = wait_for_queue(data, len(SEEDS), flow)
     assert f.read_gate(data, batch)["status"] == "pending_review"
     with pytest.raises(f.DatasetError, match="waiting for human review"):
         f.training_set(data)
     review_cmd = cli("review", data=data, tmp=tmp_path) + ["--set", f"review.port={free_port()}"]
-    server = ReviewPage(review_cmd, env)
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
+    server = ReviewPage(review_cmd, env, spawn)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
 
-            assert page.goto(server.url).status == 401  # no token, no page
-            assert page.goto(server.url + "api/progress").status == 401
-            page.goto(server.url + f"?token={TOKEN}")
-            assert "token" not in page.url  # kept in a cookie, out of the address bar
-            page.fill("#reviewer", "alice")
-            page.keyboard.press("Escape")  # leaves the field: the page claims the first item
+        assert page.goto(server.url).status == 401  # no token, no page
+        assert page.goto(server.url + "api/progress").status == 401
+        page.goto(server.url + f"?token={TOKEN}")
+        assert "token" not in page.url  # kept in a cookie, out of the address bar
+        page.fill("#reviewer", "alice")
+        page.keyboard.press("Escape")  # leaves the field: the page claims the first item
 
-            # The hostile trace comes first (queue order is by trace id): shown as text, never run.
-            expect(page.locator(".step.observation .text").first).to_contain_text(HOSTILE)
-            assert page.evaluate("window.__pwned") is None
-            assert page.locator("#item script, #item img").count() == 0
-            page.keyboard.press("e")  # every subtask opened
-            expect(page.locator("details.subtask[open]")).to_have_count(2)
-            page.set_viewport_size({"width": 1280, "height": 1950})  # the whole item, the verdict bar at its foot
-            page.screenshot(path=str(shots / "review-page.png"))
-            page.set_viewport_size({"width": 1280, "height": 1000})
-            page.locator("a.cite").first.click()
-            assert page.url.endswith("#ref-1")
-            link = page.locator("#ref-1 a")
-            assert link.get_attribute("href") == BLACK_DEATH and link.get_attribute("rel") == "noopener noreferrer"
+        # The hostile trace comes first (queue order is by trace id): shown as text, never run.
+        expect(page.locator(".step.observation .text").first).to_contain_text(HOSTILE)
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("#item script, #item img").count() == 0
+        page.keyboard.press("e")  # every subtask opened
+        expect(page.locator("details.subtask[open]")).to_have_count(2)
+        page.set_viewport_size({"width": 1280, "height": 1950})  # the whole item, the verdict bar at its foot
+        page.screenshot(path=str(shots / "review-page.png"))
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        page.locator("a.cite").first.click()
+        assert page.url.endswith("#ref-1")
+        link = page.locator("#ref-1 a")
+        assert link.get_attribute("href") == BLACK_DEATH and link.get_attribute("rel") == "noopener noreferrer"
 
-            # Batch 1: 2 rejections of 6 = 0.33 > 0.3 -> blocked. The page restarts after two verdicts.
-            seen = review(page, [("reject", "1", "the observation is a hostile page"), ("accept", None, "")], expect)
-            server.stop()
-            server = ReviewPage(review_cmd, env)  # the same address: the reviewer's name is remembered there
-            page.goto(server.url)
-            expect(page.locator("#progress")).to_have_text("2 of 6 reviewed · 1 rejected")
-            seen += review(page, [("accept", None, ""), ("reject", "4", ""), ("accept", None, ""),
-                                  ("accept", None, "")], expect)
-            expect(page.locator("#empty")).to_be_visible()
-            assert sorted(seen) == [f"trace{i}" for i in range(6)]
-            assert flow.wait(timeout=120) == 1, flow.stdout.read()  # blocked: the CLI says so in its exit code
-            gate = f.read_gate(data, batch)
-            assert gate["status"] == "blocked" and gate["reviewed"] == 6 and gate["rejected"] == 2, gate
-            # What the Prefect UI showed while the flow waited (read from the temporary server's own database).
-            db = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
-            shown = dict(db.execute("SELECT key, data FROM artifact WHERE key IS NOT NULL ORDER BY created"))
-            assert float(shown["review-progress"]) == 100 and "below_threshold" not in shown["filter-report"]
-            with pytest.raises(f.DatasetError, match="blocked from training: sampled rejection rate 0.33"):
-                f.training_set(data)
-            stored = {v["trace_id"]: v for v in ReviewQueue(data / "review.sqlite").verdicts(batch)}
-            assert stored["trace0"]["reason_code"] == "format" and stored["trace0"]["reviewer"] == "alice"
-            assert stored["trace0"]["comment"] == "the observation is a hostile page"
-            assert stored[seen[3]]["reason_code"] == "low_quality"
-
-            # Batch 2 (another filter setting, so another version; the judge's calls come from the cache): 1 of 6
-            # = 0.17 <= 0.3 -> accepted, and the trace the reviewer rejected stays out of the training set.
-            flow = subprocess.Popen(cli("filter", data=data, tmp=tmp_path) +
-                                    ["--set", "filter.rules.near_duplicate_threshold=0.95"],
-                                    env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            batch2 = wait_for_queue(data, len(SEEDS), flow)
-            assert batch2 != batch
-            page.reload()
-            second = review(page, [("accept", None, ""), ("reject", "3", "")] + [("accept", None, "")] * 4, expect)
-            assert flow.wait(timeout=120) == 0, flow.stdout.read()
-            assert f.read_gate(data, batch2)["status"] == "accepted"
-            version, records, _ = f.training_set(data)
-            assert version == batch2 and sorted(r["id"] for r in records) == sorted(set(second) - {second[1]})
-            assert errors == []
-            browser.close()
-    finally:
+        # Batch 1: 2 rejections of 6 = 0.33 > 0.3 -> blocked. The page restarts after two verdicts.
+        seen = review(page, [("reject", "1", "the observation is a hostile page"), ("accept", None, "")], expect)
         server.stop()
-        if flow.poll() is None:
-            flow.kill()
+        server = ReviewPage(review_cmd, env, spawn)  # the same address: the reviewer's name is remembered there
+        page.goto(server.url)
+        expect(page.locator("#progress")).to_have_text("2 of 6 reviewed · 1 rejected")
+        seen += review(page, [("accept", None, ""), ("reject", "4", ""), ("accept", None, ""),
+                              ("accept", None, "")], expect)
+        expect(page.locator("#empty")).to_be_visible()
+        assert sorted(seen) == [f"trace{i}" for i in range(6)]
+        assert flow.wait(timeout=120) == 1, flow.stdout.read()  # blocked: the CLI says so in its exit code
+        gate = f.read_gate(data, batch)
+        assert gate["status"] == "blocked" and gate["reviewed"] == 6 and gate["rejected"] == 2, gate
+        # What the Prefect UI showed while the flow waited (read from the temporary server's own database).
+        db = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
+        shown = dict(db.execute("SELECT key, data FROM artifact WHERE key IS NOT NULL ORDER BY created"))
+        assert float(shown["review-progress"]) == 100 and "below_threshold" not in shown["filter-report"]
+        with pytest.raises(f.DatasetError, match="blocked from training: sampled rejection rate 0.33"):
+            f.training_set(data)
+        stored = {v["trace_id"]: v for v in ReviewQueue(data / "review.sqlite").verdicts(batch)}
+        assert stored["trace0"]["reason_code"] == "format" and stored["trace0"]["reviewer"] == "alice"
+        assert stored["trace0"]["comment"] == "the observation is a hostile page"
+        assert stored[seen[3]]["reason_code"] == "low_quality"
+
+        # Batch 2 (another filter setting, so another version; the judge's calls come from the cache): 1 of 6
+        # = 0.17 <= 0.3 -> accepted, and the trace the reviewer rejected stays out of the training set.
+        flow = spawn(cli("filter", data=data, tmp=tmp_path) + ["--set", "filter.rules.near_duplicate_threshold=0.95"],
+                     env)
+        batch2 = wait_for_queue(data, len(SEEDS), flow)
+        assert batch2 != batch
+        page.reload()
+        second = review(page, [("accept", None, ""), ("reject", "3", "")] + [("accept", None, "")] * 4, expect)
+        assert flow.wait(timeout=120) == 0, flow.stdout.read()
+        assert f.read_gate(data, batch2)["status"] == "accepted"
+        version, records, _ = f.training_set(data)
+        assert version == batch2 and sorted(r["id"] for r in records) == sorted(set(second) - {second[1]})
+        assert errors == []
+        browser.close()
