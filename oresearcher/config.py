@@ -35,6 +35,8 @@ def default_cache_dir() -> Path:
 
 class PathsConfig(Section):
     data_dir: Path = Field(Path("data"), description="DVC-tracked tree: seeds, tape, traces (relative to the repo)")
+    checkpoints_dir: Path = Field(Path("checkpoints"), description="training checkpoints, for resuming (the models "
+                                                                   "themselves go to the MLflow registry)")
     cache_dir: Path = Field(default_factory=default_cache_dir,
                             description="derived, rebuildable files: converted models, search indexes "
                                         "(default: $ORESEARCHER_CACHE, else ~/.cache/oresearcher)")
@@ -50,6 +52,10 @@ class PathsConfig(Section):
     @property
     def cache(self) -> Path:
         return self.resolve(self.cache_dir)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.resolve(self.checkpoints_dir)
 
 
 class ModelConfig(Section):
@@ -152,6 +158,32 @@ class TrainConfig(Section):
     deepspeed: Literal["none", "zero2", "zero3"] = "none"
     bf16: bool = False
     max_seq_len: int = Field(2048, ge=128)
+
+
+class AdapterConfig(Section):
+    """LoRA adapters (PEFT)."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class FinetuneConfig(Section):
+    """Supervised fine-tuning of the policy (`model`) on an accepted filtered dataset version."""
+
+    lora: bool = Field(True, description="train LoRA adapters (PEFT); false: full fine-tuning")
+    adapter: AdapterConfig = AdapterConfig()
+    epochs: float = Field(4.0, gt=0, description="sister-project default: 4")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    learning_rate: float = Field(1.4e-5, gt=0, description="sister-project default for full fine-tuning")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(1, ge=1, description="sequences per device per step")
+    grad_accum: int = Field(1, ge=1)
+    max_length: int | None = Field(None, ge=64, description="tokens per sample (default: train.max_seq_len)")
+    packing: bool = False
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps (a killed run resumes from the last)")
+    seed: int = 0
 
 
 class MlflowConfig(Section):
@@ -324,6 +356,7 @@ class Settings(Section):
     synthesis: SynthesisConfig = SynthesisConfig()
     filter: FilterConfig = FilterConfig()
     review: ReviewConfig = ReviewConfig()
+    sft: FinetuneConfig = FinetuneConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
 

@@ -13,8 +13,11 @@ pre-tokenized dataset whose `labels` column it uses as is.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from oresearcher import grammar as g
 from oresearcher.agents import prompt
+from oresearcher.config import Settings
 
 
 def policy_messages(query: str) -> list[dict[str, str]]:
@@ -47,3 +50,49 @@ def sft_sample(tokenizer, query: str, trace: str, max_length: int | None = None)
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
     return {"input_ids": ids, "labels": labels}
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest `checkpoint-N` folder a killed run left, to resume from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def train_sft(cfg: Settings, records: list[dict], output_dir: Path, callbacks: list | None = None) -> dict:
+    """TRL `SFTTrainer` on `records` (filtered trace records): LoRA adapters by default, resuming from the last
+    checkpoint in `output_dir`. Returns where the trained model went and the logged losses."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from models.resolve import resolve_model
+
+    s = cfg.sft
+    model_dir = resolve_model(cfg.model.name, cfg.paths.cache)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    max_length = s.max_length or cfg.train.max_seq_len
+    dataset = Dataset.from_list([sft_sample(tokenizer, r["query"], r["trace"], max_length) for r in records])
+    args = SFTConfig(
+        output_dir=str(output_dir), num_train_epochs=s.epochs, max_steps=s.max_steps or -1,
+        learning_rate=s.learning_rate, warmup_steps=s.warmup_ratio, per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum, max_length=max_length, packing=s.packing, seed=s.seed,
+        logging_steps=1, save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, report_to="none",
+        use_cpu=not torch.cuda.is_available(), bf16=cfg.train.bf16, gradient_checkpointing=False,
+        dataloader_num_workers=0)
+    peft_config = LoraConfig(task_type="CAUSAL_LM", r=s.adapter.r, lora_alpha=s.adapter.alpha,
+                             lora_dropout=s.adapter.dropout, target_modules=s.adapter.target_modules) if s.lora else None
+    trainer = SFTTrainer(model=model_dir, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=callbacks)
+    resumed = last_checkpoint(output_dir)
+    trainer.train(resume_from_checkpoint=resumed)
+    final = Path(output_dir) / "final"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"model_dir": str(final), "base_model": model_dir, "losses": losses, "resumed_from": resumed,
+            "steps": trainer.state.global_step, "samples": len(dataset), "trainer": trainer}

@@ -1,0 +1,94 @@
+"""SFT mechanics on the tiny random-init model: the loss falls, only adapter weights move, and a run killed midway
+resumes from its last checkpoint without repeating the steps it finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from traces import valid_trace
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from models.tiny import build_tiny_model
+
+    return build_tiny_model()
+
+
+def records(n: int = 4) -> list[dict]:
+    return [{"query": f"What caused the Black Death? ({i})", "trace": valid_trace()} for i in range(n)]
+
+
+def settings(settings_factory, tiny, *extra: str):
+    return settings_factory(f"model.name={tiny}", "sft.learning_rate=0.01", "sft.warmup_ratio=0", *extra)
+
+
+def test_lora_sft_lowers_the_loss_and_moves_only_adapter_weights(settings_factory, tiny, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from oresearcher.sft import train_sft
+
+    out = train_sft(settings(settings_factory, tiny, "sft.max_steps=6"), records(), tmp_path / "run")
+    losses = out["losses"]
+    assert len(losses) == 6 and losses[-1] < losses[0], losses
+    model = out["trainer"].model
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    base = AutoModelForCausalLM.from_pretrained(tiny).state_dict()
+    merged_names = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+                    for n, p in model.named_parameters() if "lora_" not in n}
+    assert set(base) >= set(merged_names)
+    assert all(torch.equal(base[n], p.detach()) for n, p in merged_names.items())  # the base is untouched
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # adapters learned
+    assert (Path(out["model_dir"]) / "adapter_config.json").is_file()
+
+
+TRAIN_SCRIPT = """
+import json, sys
+sys.path.insert(0, "tests")
+from traces import valid_trace
+from transformers import TrainerCallback
+from oresearcher.config import load_config
+from oresearcher.sft import train_sft
+
+class Steps(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        print(json.dumps({"step": state.global_step}), flush=True)
+
+cfg = load_config("configs/tiny.yaml", json.loads(sys.argv[1]))
+recs = [{"query": f"q{i}", "trace": valid_trace()} for i in range(4)]
+out = train_sft(cfg, recs, __import__("pathlib").Path(sys.argv[2]), callbacks=[Steps()])
+print(json.dumps({"done": out["steps"], "resumed_from": out["resumed_from"]}), flush=True)
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_without_repeating_steps(tiny, tmp_path):
+    overrides = [f"model.name={tiny}", "sft.max_steps=12", "sft.save_steps=2", "sft.learning_rate=0.01",
+                 f"paths.cache_dir={os.environ.get('ORESEARCHER_CACHE', '~/.cache/oresearcher')}"]
+    cmd = [sys.executable, "-c", TRAIN_SCRIPT, json.dumps(overrides), str(tmp_path / "run")]
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / "checkpoint-4").is_dir():  # two checkpoints written, then the plug is pulled
+        assert first.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done_before = [json.loads(line)["step"] for line in first.stdout.read().splitlines() if '"step"' in line]
+    assert done_before and max(done_before) < 12
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    lines = [json.loads(line) for line in second.stdout.splitlines() if line.startswith('{"')]  # not the trainer's logs
+    resumed = next(x for x in lines if "done" in x)
+    checkpoint = int(Path(resumed["resumed_from"]).name.split("-")[1])
+    assert checkpoint >= 4 and resumed["done"] == 12
+    assert [x["step"] for x in lines if "step" in x] == list(range(checkpoint + 1, 13))  # no finished step again
