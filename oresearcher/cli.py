@@ -6,6 +6,7 @@
     oresearcher model prepare                             # convert the embedded model once
     oresearcher filter                                    # three-tier filtering of the traces
     oresearcher review                                    # the human spot-check page
+    oresearcher sft                                       # fine-tune the policy on the accepted traces
     oresearcher run --config configs/tiny.yaml            # the pipeline, as far as it exists
 
 User errors (a bad config key or value, a missing or unreadable file) are one line on stderr and exit code 2,
@@ -138,6 +139,20 @@ def cmd_review(args) -> int:
     return 0
 
 
+def cmd_sft(args) -> int:
+    from oresearcher.filtering import training_set
+
+    cfg = _settings(args)
+    training_set(cfg.paths.data, args.dataset)  # a missing, blocked or pending version: one line, no server
+    from flows.sft import sft
+
+    r = sft(config_path=args.config, overrides=args.overrides, dataset_version=args.dataset)
+    print(f"SFT on {r['samples']} traces of filtered version {r['dataset_version']}: {r['steps']} steps, loss "
+          f"{r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}; registered {_settings(args).registry.policy_name} "
+          f"version {r['model_version']} (@challenger), MLflow run {r['run_id']}")
+    return 0
+
+
 def cmd_run(args) -> int:
     import asyncio
 
@@ -209,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("review", help="serve the human spot-check page of the review queue")
     _add_config_args(p)
     p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("sft", help="fine-tune the policy on the latest accepted filtered dataset version")
+    p.add_argument("--dataset", default=None, help="a filtered version id (default: the latest)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("run", help="run the pipeline flow on a config")
     _add_config_args(p)

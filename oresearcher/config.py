@@ -186,6 +186,10 @@ class FinetuneConfig(Section):
     seed: int = 0
 
 
+class RegistryConfig(Section):
+    policy_name: str = Field("o-researcher-policy", description="registered model name of the trained policies")
+
+
 class MlflowConfig(Section):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="relative sqlite paths are under the repo root")
     experiment: str = "o-researcher"
@@ -359,6 +363,7 @@ class Settings(Section):
     sft: FinetuneConfig = FinetuneConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     @model_validator(mode="after")
     def _context_fits(self) -> Settings:

@@ -45,8 +45,9 @@ def binary_seed_file(tmp_path) -> str:
     (["synthesize", "--set", "paths.data_dir=EMPTY"], "no seed set in"),
     (["filter", "--set", "paths.data_dir=EMPTY"], "no seed set in"),
     (["filter", "--set", "paths.data_dir=SEEDED"], "run `oresearcher synthesize` first"),
+    (["sft", "--set", "paths.data_dir=EMPTY"], "no filtered dataset"),
 ], ids=["bad-key", "bad-value", "missing-seed-file", "binary-seed-file", "missing-config", "no-seed-set",
-        "filter-no-seed-set", "filter-no-traces"])
+        "filter-no-seed-set", "filter-no-traces", "sft-no-dataset"])
 def test_user_errors_are_one_line_fast_and_start_no_server(args, named, binary_seed_file, tmp_path):
     seeded = tmp_path / "seeded" / "seeds"
     seeded.mkdir(parents=True)

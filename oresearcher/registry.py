@@ -1,0 +1,70 @@
+"""Checkpoints in the MLflow Model Registry, and training metrics and inputs on the stage's run.
+
+    version = register_model(client, run_id, "o-researcher-policy", model_dir, alias="challenger", tags={...})
+    local_dir = download_model("models:/o-researcher-policy@challenger", tracking_uri)
+
+A registered version is the checkpoint folder logged as the run's `model` artifacts (LoRA adapters with their
+`adapter_config.json`, or full weights), so any machine with the tracking server's artifacts can load it back.
+Metrics go through an `MlflowClient` with the run id passed explicitly (the fluent API's active run is
+thread-local and Prefect runs tasks in threads), namespaced `train/…` so runs of every stage compare.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class MlflowMetrics(TrainerCallback):
+    """Every number the trainer logs, as `<prefix><name>` at the optimizer step it belongs to."""
+
+    def __init__(self, client, run_id: str, prefix: str = "train/"):
+        self.client, self.run_id, self.prefix = client, run_id, prefix
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(self.prefix + k, float(v), now, state.global_step) for k, v in (logs or {}).items()
+                   if isinstance(v, int | float) and not isinstance(v, bool)]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+
+def log_dataset_input(client, run_id: str, name: str, digest: str, source: str, context: str = "training") -> None:
+    """The dataset a run read, as an MLflow dataset input: name, digest (its version) and where it lives."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    dataset = MetaDataset(resolve_dataset_source(source), name=name, digest=digest)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+                                                     [InputTag("mlflow.data.context", context)])])
+
+
+def register_model(client, run_id: str, name: str, model_dir: str | Path, alias: str, tags: dict[str, str]) -> str:
+    """Log `model_dir` as the run's `model` artifacts, register it as a new version of `name` and point `alias`
+    at it. Returns the version number."""
+    from mlflow.exceptions import MlflowException
+
+    client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if "already exists" not in str(e).lower() and e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/model"
+    version = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    client.set_registered_model_alias(name, alias, version.version)
+    return version.version
+
+
+def download_model(uri: str, tracking_uri: str, dst: Path | None = None) -> str:
+    """A local copy of a registered model (`models:/name@alias` or `models:/name/3`)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None)
