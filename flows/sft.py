@@ -27,7 +27,7 @@ def sft(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = No
     version, records = read_training_set(cfg, dataset_version)
     with stage_run(cfg, "sft", tags={"dataset_version": version}) as (mlflow, run_id):
         log_dataset_input(mlflow, run_id, f"filtered-{version}", version, str(cfg.paths.data / "filtered" / version))
-        trained = fine_tune(cfg, version, records, mlflow, run_id)
+        trained = fine_tune(cfg, config_path, overrides or [], version, records, mlflow, run_id)
         model_version = register_challenger(cfg, mlflow, run_id, trained, version)
     get_run_logger().info("SFT on %d traces of %s: loss %.3f -> %.3f; registered %s version %s (@challenger)",
                           len(records), version, trained["losses"][0], trained["losses"][-1], cfg.registry.policy_name,

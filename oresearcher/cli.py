@@ -140,9 +140,23 @@ def cmd_review(args) -> int:
 
 
 def cmd_sft(args) -> int:
-    from oresearcher.filtering import training_set
+    from oresearcher.filtering import latest_version, training_set
 
     cfg = _settings(args)
+    if args.dry_run:  # what would run, and with which settings; starts nothing
+        import shlex
+
+        import yaml
+
+        from oresearcher.sft import distributed, launch_command
+        from tasks.training import checkpoint_dir
+
+        version = args.dataset or latest_version(cfg.paths.data) or "LATEST"
+        cmd = launch_command(cfg, args.config, args.overrides, version, checkpoint_dir(cfg, "sft", version), "RUN_ID")
+        how = "launch command" if distributed(cfg) else "runs in the flow's own process, as"
+        print(f"# {how} (from {cfg.paths.resolve(Path('.'))}):\n{shlex.join(cmd)}\n# resolved config:")
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
     training_set(cfg.paths.data, args.dataset)  # a missing, blocked or pending version: one line, no server
     from flows.sft import sft
 
@@ -227,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sft", help="fine-tune the policy on the latest accepted filtered dataset version")
     p.add_argument("--dataset", default=None, help="a filtered version id (default: the latest)")
+    p.add_argument("--dry-run", action="store_true", help="print the training command and resolved config; run nothing")
     _add_config_args(p)
     p.set_defaults(func=cmd_sft)
 

@@ -155,7 +155,13 @@ class ResearchConfig(Section):
 class TrainConfig(Section):
     """Training defaults shared by SFT and GRPO (their own sections come with their stages)."""
 
-    deepspeed: Literal["none", "zero2", "zero3"] = "none"
+    deepspeed: Literal["none", "zero2", "zero3"] = Field(
+        "none", description="'zero2'/'zero3': training runs under `accelerate launch` with configs/accelerate/<it>.yaml "
+                            "and configs/deepspeed/<it>.json")
+    num_processes: int = Field(1, ge=1, description="training processes per machine (GPUs), with deepspeed")
+    num_machines: int = Field(1, ge=1, description="machines; each runs the printed launch command with its "
+                                                   "--machine_rank (accelerate's multi-node flags)")
+    main_process_port: int = Field(29500, ge=1, le=65535, description="rendezvous port of the launched processes")
     bf16: bool = False
     max_seq_len: int = Field(2048, ge=128)
 

@@ -13,11 +13,12 @@ pre-tokenized dataset whose `labels` column it uses as is.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from oresearcher import grammar as g
 from oresearcher.agents import prompt
-from oresearcher.config import Settings
+from oresearcher.config import REPO_ROOT, Settings
 
 
 def policy_messages(query: str) -> list[dict[str, str]]:
@@ -55,10 +56,27 @@ def sft_sample(tokenizer, query: str, trace: str, max_length: int | None = None)
 # ---------------------------------------------------------------------------------------------------- training
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest `checkpoint-N` folder a killed run left, to resume from."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` folder a killed run left, to resume from. The trainer writes
+    `trainer_state.json` after the weights, optimizer and RNG states: a folder without a readable one was cut off
+    mid-save (transformers' own `get_last_checkpoint` would pick it, and resuming from it fails)."""
+    import json
 
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    folders = sorted((int(d.name.split("-")[1]), d) for d in Path(output_dir).glob("checkpoint-*")
+                     if d.is_dir() and d.name.split("-")[1].isdigit())
+    for _step, folder in reversed(folders):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(folder)
+    return None
+
+
+def deepspeed_config(cfg: Settings) -> str | None:
+    """The DeepSpeed JSON for `train.deepspeed` (configs/deepspeed/<stage>.json), or None."""
+    if cfg.train.deepspeed == "none":
+        return None
+    return str(REPO_ROOT / "configs" / "deepspeed" / f"{cfg.train.deepspeed}.json")
 
 
 def train_sft(cfg: Settings, records: list[dict], output_dir: Path, callbacks: list | None = None) -> dict:
@@ -83,7 +101,7 @@ def train_sft(cfg: Settings, records: list[dict], output_dir: Path, callbacks: l
         gradient_accumulation_steps=s.grad_accum, max_length=max_length, packing=s.packing, seed=s.seed,
         logging_steps=1, save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, report_to="none",
         use_cpu=not torch.cuda.is_available(), bf16=cfg.train.bf16, gradient_checkpointing=False,
-        dataloader_num_workers=0)
+        dataloader_num_workers=0, deepspeed=deepspeed_config(cfg))
     peft_config = LoraConfig(task_type="CAUSAL_LM", r=s.adapter.r, lora_alpha=s.adapter.alpha,
                              lora_dropout=s.adapter.dropout, target_modules=s.adapter.target_modules) if s.lora else None
     trainer = SFTTrainer(model=model_dir, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -96,3 +114,87 @@ def train_sft(cfg: Settings, records: list[dict], output_dir: Path, callbacks: l
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"model_dir": str(final), "base_model": model_dir, "losses": losses, "resumed_from": resumed,
             "steps": trainer.state.global_step, "samples": len(dataset), "trainer": trainer}
+
+
+# ------------------------------------------------------------------------------------------------- launching
+
+def distributed(cfg: Settings) -> bool:
+    return cfg.train.deepspeed != "none"
+
+
+def launch_command(cfg: Settings, config_path: str, overrides: list[str], dataset_version: str, output_dir: Path,
+                   run_id: str | None = None) -> list[str]:
+    """The training command: `python -m oresearcher.sft ...`, under `accelerate launch` when distributed."""
+    # Distributed: `accelerate launch` with the DeepSpeed config of
+    # `train.deepspeed`, `train.num_processes` ranks per machine, each running `python -m oresearcher.sft`. On
+    # several machines, run it on each with accelerate's `--machine_rank` and `--main_process_ip` added.
+    entry = ["-m", "oresearcher.sft", "--config", str(config_path), *[x for o in overrides for x in ("--set", o)],
+             "--dataset", dataset_version, "--output-dir", str(output_dir), *(["--run-id", run_id] if run_id else [])]
+    if not distributed(cfg):
+        return [sys.executable, *entry]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch",
+                "--config_file", str(REPO_ROOT / "configs" / "accelerate" / f"{cfg.train.deepspeed}.yaml"),
+                "--num_processes", str(cfg.train.num_processes * cfg.train.num_machines),
+                "--num_machines", str(cfg.train.num_machines), "--main_process_port", str(cfg.train.main_process_port)]
+    return [*launcher, *entry]
+
+
+def run_sft(cfg: Settings, config_path: str, overrides: list[str], dataset_version: str, records: list[dict],
+            output_dir: Path, callbacks: list | None = None, run_id: str | None = None) -> dict:
+    """Train in this process, or through `launch_command` when distributed (rank 0 logs to `run_id`)."""
+    if not distributed(cfg):
+        out = train_sft(cfg, records, output_dir, callbacks)
+        out.pop("trainer")
+        return out
+    import json
+    import subprocess
+
+    cmd = launch_command(cfg, config_path, overrides, dataset_version, output_dir, run_id)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"distributed SFT failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+    ranks = sorted(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("SFT_RANK "))
+    result = next(json.loads(line[len("SFT_RESULT "):]) for line in proc.stdout.splitlines()
+                  if line.startswith("SFT_RESULT "))
+    return {**result, "ranks": ranks}
+
+
+# ------------------------------------------------------------------------------------------ the launched process
+
+def main(argv: list[str] | None = None) -> None:
+    """One training process: `python -m oresearcher.sft` alone, or one rank of `accelerate launch ... -m
+    oresearcher.sft` (the `sft` flow builds that command; `oresearcher sft --dry-run` prints it). Rank 0 logs
+    `train/*` to the MLflow run given and prints the result as one JSON line."""
+    import argparse
+    import json
+    import os
+
+    from oresearcher.config import load_config
+    from oresearcher.filtering import training_set
+
+    p = argparse.ArgumentParser(prog="python -m oresearcher.sft")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--dataset", required=True, help="filtered dataset version")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--run-id", default=None, help="MLflow run to log train/* to (rank 0)")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    _, records, _ = training_set(cfg.paths.data, args.dataset)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    callbacks = []
+    if args.run_id and rank0:
+        from mlflow.tracking import MlflowClient
+
+        from oresearcher.registry import MlflowMetrics
+
+        callbacks.append(MlflowMetrics(MlflowClient(cfg.mlflow.resolved_uri()), args.run_id))
+    out = train_sft(cfg, records, Path(args.output_dir), callbacks)
+    out.pop("trainer")
+    print(f"SFT_RANK {os.environ.get('RANK', '0')} steps {out['steps']}", flush=True)  # every rank trained
+    if rank0:
+        print("SFT_RESULT " + json.dumps({**out, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -29,14 +29,14 @@ def checkpoint_dir(cfg: Settings, stage: str, dataset_version: str):
 
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
-def fine_tune(cfg: Settings, dataset_version: str, records: list[dict], mlflow, run_id: str) -> dict:
-    """SFT with `train/*` metrics on the stage's MLflow run."""
+def fine_tune(cfg: Settings, config_path: str, overrides: list[str], dataset_version: str, records: list[dict],
+              mlflow, run_id: str) -> dict:
+    """SFT with `train/*` metrics on the stage's MLflow run: in this process, or launched across processes."""
     from oresearcher.registry import MlflowMetrics
-    from oresearcher.sft import train_sft
+    from oresearcher.sft import run_sft
 
-    out = train_sft(cfg, records, checkpoint_dir(cfg, "sft", dataset_version), [MlflowMetrics(mlflow, run_id)])
-    out.pop("trainer")
-    return out
+    return run_sft(cfg, config_path, overrides, dataset_version, records,
+                   checkpoint_dir(cfg, "sft", dataset_version), [MlflowMetrics(mlflow, run_id)], run_id)
 
 
 @task(name="register-challenger", cache_policy=NO_CACHE)

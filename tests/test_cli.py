@@ -158,3 +158,21 @@ def test_every_command_that_uses_settings_takes_config_and_overrides():
     for command in (["search", "q"], ["crawl", "u"], ["model", "prepare"], ["ingest", "f"], ["synthesize"], ["run"]):
         args = parser.parse_args([*command, "--config", "c.yaml", "--set", "a.b=1", "--set", "c=2"])
         assert (args.config, args.overrides) == ("c.yaml", ["a.b=1", "c=2"]), command
+
+
+def test_sft_dry_run_prints_the_multi_gpu_launch_command_and_the_resolved_config(tmp_path):
+    """`--dry-run` starts nothing (no server, no training, no data needed) and shows what would run."""
+    import yaml
+
+    proc, _ = cli("sft", "--config", "configs/paper.yaml", "--dry-run", "--set", f"paths.data_dir={tmp_path / 'none'}",
+                  home=tmp_path / "prefect")
+    assert proc.returncode == 0, proc.stderr
+    head, _, config = proc.stdout.partition("# resolved config:\n")
+    command = head.splitlines()[1].split()
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    assert command[command.index("--config_file") + 1].endswith("configs/accelerate/zero3.yaml")
+    assert command[command.index("--num_processes") + 1] == "8"
+    assert command[command.index("-m", 3) + 1] == "oresearcher.sft" and "--dataset" in command
+    resolved = yaml.safe_load(config)
+    assert resolved["train"]["deepspeed"] == "zero3" and resolved["model"]["name"] == "Qwen/Qwen2.5-72B-Instruct"
+    assert not server_started(tmp_path / "prefect") and not (tmp_path / "none").exists()

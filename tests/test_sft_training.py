@@ -78,7 +78,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_without_repeating_steps(t
     cmd = [sys.executable, "-c", TRAIN_SCRIPT, json.dumps(overrides), str(tmp_path / "run")]
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 300
-    while not (tmp_path / "run" / "checkpoint-4").is_dir():  # two checkpoints written, then the plug is pulled
+    while not (tmp_path / "run" / "checkpoint-4").is_dir():  # pulled as the second checkpoint is being written
         assert first.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
         time.sleep(0.1)
     first.send_signal(signal.SIGKILL)
@@ -90,5 +90,50 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_without_repeating_steps(t
     lines = [json.loads(line) for line in second.stdout.splitlines() if line.startswith('{"')]  # not the trainer's logs
     resumed = next(x for x in lines if "done" in x)
     checkpoint = int(Path(resumed["resumed_from"]).name.split("-")[1])
-    assert checkpoint >= 4 and resumed["done"] == 12
+    assert checkpoint >= 2 and resumed["done"] == 12  # the newest complete checkpoint, never a half-written one
     assert [x["step"] for x in lines if "step" in x] == list(range(checkpoint + 1, 13))  # no finished step again
+
+
+def test_a_checkpoint_cut_off_mid_save_is_not_resumed_from(tmp_path):
+    from oresearcher.sft import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for step, state in ((2, '{"global_step": 2}'), (4, None), (6, '{"global_')):  # 4: no state yet; 6: torn
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+
+@pytest.mark.slow
+def test_zero3_across_two_cpu_processes_through_the_sft_launch_path(tiny, tmp_path):
+    """The `sft` stage's own distributed path: `accelerate launch` with configs/accelerate/zero3.yaml (DeepSpeed
+    ZeRO-3), two ranks over gloo; both train, and the saved checkpoint loads back onto the base model."""
+    import torch
+    from checkout import free_port
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from oresearcher import filtering as f
+    from oresearcher.config import load_config
+    from oresearcher.sft import launch_command, run_sft
+
+    data = tmp_path / "data"
+    recs = [{"id": f"t{i}", "seed_id": f"s{i}", "candidate": 0, "query": f"q{i}", "trace": valid_trace()}
+            for i in range(4)]
+    f.write_version(data, "v1", recs, [f.Verdict(r["id"], r["seed_id"], 0, r["query"]) for r in recs])
+    f.write_gate(data, "v1", {"status": "accepted", "reason": "test"})
+    config = str(REPO / "configs" / "tiny.yaml")
+    overrides = [f"paths.data_dir={data}", f"model.name={tiny}", "train.deepspeed=zero3", "train.num_processes=2",
+                 f"train.main_process_port={free_port()}", "sft.max_steps=3", "sft.learning_rate=0.01",
+                 "sft.warmup_ratio=0"]
+    cfg = load_config(config, overrides)
+    assert launch_command(cfg, config, overrides, "v1", tmp_path / "out")[1:3] == ["-m", "accelerate.commands.launch"]
+    out = run_sft(cfg, config, overrides, "v1", recs, tmp_path / "out")
+    assert out["ranks"] == [0, 1] and out["world_size"] == 2 and out["steps"] == 3
+    assert len(out["losses"]) == 3
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), out["model_dir"])
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the gathered (not sharded-empty) adapters
+    ids = torch.tensor([[1, 2, 3]])
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 6)
