@@ -166,6 +166,14 @@ class TrainConfig(Section):
     max_seq_len: int = Field(2048, ge=128)
 
 
+class RolloutConfig(Section):
+    """The policy writing a whole trace in one stream (`oresearcher.policy`): GRPO rollouts and evaluation."""
+
+    max_turns: int = Field(24, ge=1, description="generations per trace (each ends at a tool call or the report)")
+    max_tool_calls: int = Field(16, ge=0, description="tool calls per trace")
+    max_new_tokens: int = Field(1024, ge=16, description="tokens per generation")
+
+
 class AdapterConfig(Section):
     """LoRA adapters (PEFT)."""
 
@@ -367,6 +375,7 @@ class Settings(Section):
     filter: FilterConfig = FilterConfig()
     review: ReviewConfig = ReviewConfig()
     sft: FinetuneConfig = FinetuneConfig()
+    rollout: RolloutConfig = RolloutConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
     registry: RegistryConfig = RegistryConfig()

@@ -79,6 +79,8 @@ class TeacherAPI:
         if "planner" in system:
             topic = user.rstrip("?.")[:80]
             return "\n".join(f"{i}. Aspect {i} of: {topic}" for i in range(1, self.subtasks + 1)), None
+        if "deep-research assistant" in system:
+            return self._policy(messages[-1]["content"] if messages[-1]["role"] == "assistant" else "", user, digest)
         if "lead author" in system:
             return (f"## Introduction\nThis report answers the question [1].\n\n## Findings\nThe evidence points "
                     f"one way [1][2], with caveats [3].\n\n## Conclusion\nIn short, see the sources [2]. ({digest})"), None
@@ -106,6 +108,21 @@ class TeacherAPI:
         cite = f" [{urls[0]}]" if urls else ""
         return (f"{head}I have enough.\n</think>\n<subtask_answer>\nThe answer to {words} is supported{cite}. "
                 f"({digest})"), "</subtask_answer>"
+
+    def _policy(self, prefill: str, query: str, digest: str) -> tuple[str, str | None]:
+        """A trained policy writing one trace in one stream: `tool_steps` searches in one subtask (continuing its
+        own prefill after each observation), then the subtask answer and the report, citing what it observed."""
+        observations = re.findall(r"<observation>(.*?)</observation>", prefill, re.S)
+        head = "" if prefill else "<subtask_list>\n1. The main facts\n</subtask_list>\n<subtask>\nThe main facts\n</subtask>\n"
+        if len(observations) < self.tool_steps:
+            return (f"{head}<think>\nI need evidence on this (step {len(observations) + 1}).\n</think>\n"
+                    f"<web_search>query={query[:60]} {len(observations)}&num=3"), "</web_search>"
+        urls = list(dict.fromkeys(re.findall(r"\]\((https?://[^)\s]+)\)", "".join(observations))))[:2]
+        refs = "\n".join(f"[{i}]. {u} - Source {i}" for i, u in enumerate(urls, 1))
+        cites = "".join(f"[{i}]" for i in range(1, len(urls) + 1))
+        return (f"<think>\nI have enough.\n</think>\n<subtask_answer>\nThe facts [{urls[0] if urls else ''}].\n"
+                f"</subtask_answer>\n<suggested_answer>\n## Introduction\nAn answer {cites}.\n\n## Conclusion\n"
+                f"In short {cites}. ({digest})\n\n## References\n{refs}\n"), "</suggested_answer>"
 
     # ------------------------------------------------------------------------------------------------- server
     def _app(self):
