@@ -26,7 +26,8 @@ def sft(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = No
     cfg = load_config(config_path, overrides)
     version, records = read_training_set(cfg, dataset_version)
     with stage_run(cfg, "sft", tags={"dataset_version": version}) as (mlflow, run_id):
-        log_dataset_input(mlflow, run_id, f"filtered-{version}", version, str(cfg.paths.data / "filtered" / version))
+        log_dataset_input(mlflow, run_id, f"filtered-{version}", version,
+                          (cfg.paths.data / "filtered" / version).resolve().as_uri())
         trained = fine_tune(cfg, config_path, overrides or [], version, records, mlflow, run_id)
         model_version = register_challenger(cfg, mlflow, run_id, trained, version)
     get_run_logger().info("SFT on %d traces of %s: loss %.3f -> %.3f; registered %s version %s (@challenger)",

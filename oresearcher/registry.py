@@ -12,6 +12,7 @@ thread-local and Prefect runs tasks in threads), namespaced `train/…` so runs 
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -39,7 +40,10 @@ def log_dataset_input(client, run_id: str, name: str, digest: str, source: str, 
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
-    dataset = MetaDataset(resolve_dataset_source(source), name=name, digest=digest)
+    with warnings.catch_warnings():  # MLflow registers its local-file source class twice, then warns it is ambiguous
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        resolved = resolve_dataset_source(source)
+    dataset = MetaDataset(resolved, name=name, digest=digest)
     client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
                                                      [InputTag("mlflow.data.context", context)])])
 
