@@ -170,6 +170,22 @@ def reward_terms(v: TraceView, cfg: RulesConfig) -> dict[str, float]:
             "tool": sum(r not in broken for r in TOOL_TERM) / len(TOOL_TERM)}
 
 
+def trace_metrics(v: TraceView, cfg: RulesConfig) -> dict[str, float]:
+    """Per-trace numbers for held-out and evaluation tables, from the same parser and rules: validity, tool calls,
+    citations, and the share of references that point at something an observation showed."""
+    refs = g.references(v.report)
+    observed = g.observed_urls(v.parsed)
+    return {"valid": float(not v.violations), "tool_calls": float(len(v.parsed.tool_calls)),
+            "citations": float(len(g.citations(v.report))), "references": float(len(refs)),
+            "observed_reference_rate": sum(r.url.rstrip(".,;") in observed for r in refs) / len(refs) if refs else 0.0,
+            **{f"reward_{k}": x for k, x in reward_terms(v, cfg).items()}}
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over traces (0 traces: an empty dict, not a division by zero)."""
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}
+
+
 # ------------------------------------------------------------------------------------------ across candidates
 
 def near_duplicates(reports: list[tuple[str, str]], threshold: float) -> dict[str, str]:

@@ -115,3 +115,17 @@ def test_reward_terms_read_the_same_rules():
     assert reward_terms(TraceView.of(QUERY, uncited), CFG)["format"] == 0.0
     looping = trace([search("same"), search("same")])
     assert reward_terms(TraceView.of(QUERY, looping), CFG)["tool"] == 0.75
+
+
+def test_trace_metrics_for_held_out_tables():
+    from oresearcher.criteria import mean_metrics, trace_metrics
+
+    good = trace_metrics(TraceView.of(QUERY, GOOD), CFG)
+    assert good == {"valid": 1.0, "tool_calls": 3.0, "citations": 4.0, "references": 2.0,
+                    "observed_reference_rate": 1.0, "reward_format": 1.0, "reward_tool": 1.0}
+    made_up = trace([search("a"), search("b")], report=REPORT.replace(REVOLT, "https://example.org/made-up"))
+    bad = trace_metrics(TraceView.of(QUERY, made_up), CFG)
+    assert bad["valid"] == 0.0 and bad["observed_reference_rate"] == 0.5 and bad["reward_format"] == 0.0
+    prose = trace_metrics(TraceView.of(QUERY, "The Black Death was a plague."), CFG)
+    assert prose["valid"] == prose["tool_calls"] == prose["references"] == 0.0
+    assert mean_metrics([good, bad])["observed_reference_rate"] == 0.75 and mean_metrics([]) == {}
