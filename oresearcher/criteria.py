@@ -164,10 +164,11 @@ def broken_rules(v: TraceView, cfg: RulesConfig, count_tokens: TokenCounter = ro
 
 
 def reward_terms(v: TraceView, cfg: RulesConfig) -> dict[str, float]:
-    """R_format: 1 when the trace passes every format rule, else 0. R_tool: the share of tool rules it passes."""
+    """R_format: 1 when the trace passes every format rule, else 0. R_tool: the share of tool rules it passes, and
+    0 with no tool call at all (the other tool rules pass vacuously then: prose would earn 0.75 for using no tool)."""
     broken = broken_rules(v, cfg, only=FORMAT_TERM + TOOL_TERM)
-    return {"format": float(not any(r in broken for r in FORMAT_TERM)),
-            "tool": sum(r not in broken for r in TOOL_TERM) / len(TOOL_TERM)}
+    tool = sum(r not in broken for r in TOOL_TERM) / len(TOOL_TERM) if v.parsed.tool_calls else 0.0
+    return {"format": float(not any(r in broken for r in FORMAT_TERM)), "tool": tool}
 
 
 def trace_metrics(v: TraceView, cfg: RulesConfig) -> dict[str, float]:

@@ -115,6 +115,7 @@ def test_reward_terms_read_the_same_rules():
     assert reward_terms(TraceView.of(QUERY, uncited), CFG)["format"] == 0.0
     looping = trace([search("same"), search("same")])
     assert reward_terms(TraceView.of(QUERY, looping), CFG)["tool"] == 0.75
+    assert reward_terms(TraceView.of(QUERY, "The Black Death was a plague."), CFG) == {"format": 0.0, "tool": 0.0}
 
 
 def test_trace_metrics_for_held_out_tables():
@@ -127,5 +128,5 @@ def test_trace_metrics_for_held_out_tables():
     bad = trace_metrics(TraceView.of(QUERY, made_up), CFG)
     assert bad["valid"] == 0.0 and bad["observed_reference_rate"] == 0.5 and bad["reward_format"] == 0.0
     prose = trace_metrics(TraceView.of(QUERY, "The Black Death was a plague."), CFG)
-    assert prose["valid"] == prose["tool_calls"] == prose["references"] == 0.0
+    assert prose["valid"] == prose["tool_calls"] == prose["references"] == prose["reward_tool"] == 0.0
     assert mean_metrics([good, bad])["observed_reference_rate"] == 0.75 and mean_metrics([]) == {}
