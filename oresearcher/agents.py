@@ -130,7 +130,7 @@ async def run_subtask(client: LLMClient, env: ResearchEnvironment, query: str, t
             answer = next((s.content for s in g.parse_segments(out)[0] if s.tag == g.SUBTASK_ANSWER), None)
             if call is not None and run.tool_calls < cfg.max_tool_calls:
                 kinds.append(call.name)
-                observation = await _observe(env, call)
+                observation = await observe(env, call)
                 run.tool_calls += 1
                 run.tool_errors += observation.startswith("Error:")
                 run.sources += g.sources_in_observation(observation)
@@ -169,7 +169,8 @@ def _step_guide(run: SubtaskRun, cfg: SynthesisConfig) -> g.Guide | None:
         return None
 
 
-async def _observe(env: ResearchEnvironment, call: g.ToolCall) -> str:
+async def observe(env: ResearchEnvironment, call: g.ToolCall) -> str:
+    """Run one tool call in the environment (a TOOL span); shared by the subtask agents and the policy runtime."""
     with span(f"tool:{call.name}", "TOOL", {"args": call.args, "num": call.num}) as sp:
         # Tools are sync (TRL-style functions); they run on their own pool so that the many agents of a
         # synthesis run do not queue behind asyncio's small default executor.

@@ -239,14 +239,13 @@ def filter_report(verdicts: list[Verdict], judge_identity: dict, judge_cost: dic
             if len(examples[rule]) < examples_per_rule:
                 examples[rule].append({"id": v.id, "query": v.query[:120], "problem": problems[0][:200]})
     scores = [v.score for v in tier1 if v.score is not None]
-    judged = [v for v in tier1]
     return {
         "counts": {"input": n, "tier1_kept": len(tier1), "tier2_kept": len(tier2),
                    "tier1_rejected": n - len(tier1), "tier2_rejected": len(tier1) - len(tier2)},
         "rules": dict(per_rule.most_common()),
         "rule_tier": {rule: next(v.rejected_at for v in verdicts if rule in v.rules) for rule in per_rule},
         "examples": dict(examples),
-        "judge": {**judge_identity, "judged": len(judged), "parsed": len(scores),
+        "judge": {**judge_identity, "judged": len(tier1), "parsed": len(scores),
                   "mean_score": sum(scores) / len(scores) if scores else None,
                   "scores": dict(sorted(Counter(scores).items())), **judge_cost},
         "reward_terms": {k: sum(v.terms.get(k, 0.0) for v in verdicts) / max(1, n) for k in ("format", "tool")},

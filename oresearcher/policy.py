@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from models.llm import LLMClient, Usage
 from oresearcher import grammar as g
+from oresearcher.agents import observe
 from oresearcher.config import RolloutConfig
 from oresearcher.research.environment import ResearchEnvironment
 from oresearcher.sft import policy_messages
@@ -34,8 +35,6 @@ class Rollout:
 async def rollout(client: LLMClient, env: ResearchEnvironment, query: str, cfg: RolloutConfig,
                   seed: int | None = None) -> Rollout:
     """One trace for `query`, unguided: what the policy itself writes."""
-    from oresearcher.agents import _observe
-
     out = Rollout(query)
     messages = policy_messages(query)
     while out.turns < cfg.max_turns:
@@ -56,7 +55,7 @@ async def rollout(client: LLMClient, env: ResearchEnvironment, query: str, cfg: 
         if out.tool_calls >= cfg.max_tool_calls:
             out.stop_reason = "tool_cap"
             break
-        observation = await _observe(env, call)
+        observation = await observe(env, call)
         out.tool_calls += 1
         out.trace += "\n" + g.observation_text(observation) + "\n"
     else:

@@ -124,10 +124,9 @@ def distributed(cfg: Settings) -> bool:
 
 def launch_command(cfg: Settings, config_path: str, overrides: list[str], dataset_version: str, output_dir: Path,
                    run_id: str | None = None) -> list[str]:
-    """The training command: `python -m oresearcher.sft ...`, under `accelerate launch` when distributed."""
-    # Distributed: `accelerate launch` with the DeepSpeed config of
-    # `train.deepspeed`, `train.num_processes` ranks per machine, each running `python -m oresearcher.sft`. On
-    # several machines, run it on each with accelerate's `--machine_rank` and `--main_process_ip` added.
+    """The training command: `python -m oresearcher.sft ...`; when distributed, under `accelerate launch` with the
+    DeepSpeed config of `train.deepspeed` and `train.num_processes` ranks per machine. On several machines, run it
+    on each with accelerate's `--machine_rank` and `--main_process_ip` added."""
     entry = ["-m", "oresearcher.sft", "--config", str(config_path), *[x for o in overrides for x in ("--set", o)],
              "--dataset", dataset_version, "--output-dir", str(output_dir), *(["--run-id", run_id] if run_id else [])]
     if not distributed(cfg):

@@ -4,7 +4,7 @@ the dataset input, registers `@challenger`, which loads back; a blocked version 
 from __future__ import annotations
 
 import pytest
-from traces import valid_trace
+from traces import write_filtered_version
 
 from oresearcher import filtering as f
 
@@ -19,14 +19,6 @@ def prefect_server():
         yield
 
 
-def filtered_version(data, status: str) -> str:
-    records = [{"id": f"t{i}", "seed_id": f"s{i}", "candidate": 0, "query": f"q{i}", "trace": valid_trace()}
-               for i in range(3)]
-    f.write_version(data, "v1", records, [f.Verdict(r["id"], r["seed_id"], 0, r["query"]) for r in records])
-    f.write_gate(data, "v1", {"status": status, "reason": "test"})
-    return "v1"
-
-
 @pytest.mark.slow
 def test_sft_flow_trains_logs_and_registers_a_challenger(prefect_server, tmp_path):
     from mlflow.tracking import MlflowClient
@@ -36,7 +28,8 @@ def test_sft_flow_trains_logs_and_registers_a_challenger(prefect_server, tmp_pat
     from oresearcher.registry import download_model
 
     data, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    version = filtered_version(data, "unreviewed")
+    write_filtered_version(data, "unreviewed")
+    version = "v1"
     overrides = [f"paths.data_dir={data}", f"paths.checkpoints_dir={tmp_path / 'ckpt'}", f"mlflow.tracking_uri={uri}",
                  f"model.name={build_tiny_model()}", "sft.max_steps=4", "sft.learning_rate=0.01"]
     result = sft(config_path=str(REPO / "configs" / "tiny.yaml"), overrides=overrides)
@@ -57,7 +50,7 @@ def test_sft_refuses_a_blocked_version(prefect_server, tmp_path):
     from flows.sft import sft
 
     data = tmp_path / "data"
-    filtered_version(data, "blocked")
+    write_filtered_version(data, "blocked")
     with pytest.raises(f.DatasetError, match="blocked from training"):
         sft(config_path=str(REPO / "configs" / "tiny.yaml"),
             overrides=[f"paths.data_dir={data}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])

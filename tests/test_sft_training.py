@@ -112,17 +112,14 @@ def test_zero3_across_two_cpu_processes_through_the_sft_launch_path(tiny, tmp_pa
     import torch
     from checkout import free_port
     from peft import PeftModel
+    from traces import write_filtered_version
     from transformers import AutoModelForCausalLM
 
-    from oresearcher import filtering as f
     from oresearcher.config import load_config
     from oresearcher.sft import launch_command, run_sft
 
     data = tmp_path / "data"
-    recs = [{"id": f"t{i}", "seed_id": f"s{i}", "candidate": 0, "query": f"q{i}", "trace": valid_trace()}
-            for i in range(4)]
-    f.write_version(data, "v1", recs, [f.Verdict(r["id"], r["seed_id"], 0, r["query"]) for r in recs])
-    f.write_gate(data, "v1", {"status": "accepted", "reason": "test"})
+    recs = write_filtered_version(data, "accepted", n=4)
     config = str(REPO / "configs" / "tiny.yaml")
     overrides = [f"paths.data_dir={data}", f"model.name={tiny}", "train.deepspeed=zero3", "train.num_processes=2",
                  f"train.main_process_port={free_port()}", "sft.max_steps=3", "sft.learning_rate=0.01",

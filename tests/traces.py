@@ -64,3 +64,14 @@ def research_trace(*subtasks: list[tuple[str, list[str]]], report: str = REPORT,
         parts.append(g.block(g.SUBTASK_ANSWER, f"Found it [{BLACK_DEATH}]."))
     parts.append(g.block(g.SUGGESTED_ANSWER, report))
     return "\n".join(parts)
+
+
+def write_filtered_version(data, status: str, n: int = 3, version: str = "v1") -> list[dict]:
+    """A filtered dataset version of `n` valid traces whose review gate says `status`, as the filter flow leaves it."""
+    from oresearcher import filtering as f
+
+    records = [{"id": f"t{i}", "seed_id": f"s{i}", "candidate": 0, "query": f"q{i}", "trace": valid_trace()}
+               for i in range(n)]
+    f.write_version(data, version, records, [f.Verdict(r["id"], r["seed_id"], 0, r["query"]) for r in records])
+    f.write_gate(data, version, {"status": status, "reason": "test"})
+    return records
