@@ -41,7 +41,8 @@ async def rollouts(cfg, model_dir: str, queries: list[str]) -> list:
 
     env = ResearchEnvironment.from_config(cfg)
     mc = cfg.model.model_copy(update={"name": model_dir, "guided": False, "max_batch": len(queries),
-                                      "repetition_penalty": 1.1})
+                                      "repetition_penalty": cfg.heldout.repetition_penalty,
+                                      "temperature": cfg.heldout.temperature})
     client = make_client(mc, cache_dir=cfg.paths.cache)
     try:
         return await asyncio.gather(*(rollout(client, env, q, cfg.rollout, seed=i) for i, q in enumerate(queries)))
@@ -71,16 +72,22 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     p.add_argument("--queries", type=int, default=4, help="held-out queries: the last N default seeds")
-    p.add_argument("--max-new-tokens", type=int, default=400)
+    p.add_argument("--max-new-tokens", type=int, default=1024,
+                   help="per generation: the report turn of a make-run trace is 500-900 tokens")
     p.add_argument("--out", default="/tmp/sft_effect")
+    p.add_argument("--skip-base", action="store_true", help="only the SFT model")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override, e.g. "
+                   "sft.adapter.r=32")
     args = p.parse_args()
     cfg = load_config("configs/tiny.yaml", [f"sft.epochs={args.epochs}", f"sft.learning_rate={args.lr}",
                                             f"sft.lora={not args.full}", "sft.save_steps=100000",
                                             "rollout.max_turns=12", "rollout.max_tool_calls=6",
-                                            f"rollout.max_new_tokens={args.max_new_tokens}", "research.tape.mode=live"])
+                                            f"rollout.max_new_tokens={args.max_new_tokens}", "research.tape.mode=live",
+                                            *args.overrides])
     seeds = (REPO_ROOT / cfg.ingest.default_seeds).read_text().splitlines()
     queries = [json.loads(line)["query"] for line in seeds if line.strip()][-args.queries:]
-    report("base", cfg, resolve_model(cfg.model.name, cfg.paths.cache), queries)
+    if not args.skip_base:
+        report("base", cfg, resolve_model(cfg.model.name, cfg.paths.cache), queries)
     version, records, _ = training_set(cfg.paths.data)
     start = time.perf_counter()
     out = train_sft(cfg, records, Path(args.out) / "run")

@@ -2,8 +2,9 @@
 
 Stages, as in the paper (method.md §1): seed ingestion → multi-agent synthesis → three-tier filtering → SFT →
 GRPO → evaluation. Stages join this flow as they land; today: ready the research environment (model, search
-index), ingest the default seeds, synthesize traces, filter them. Each stage logs its own MLflow run and DVC
-version.
+index), ingest the default seeds, synthesize traces, filter them, fine-tune the policy on them, reinforce it in the
+research environment, and run base, SFT and GRPO models on the held-out split. Each stage logs its own MLflow run;
+data stages record a DVC version, training stages register model versions.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.filter import filter_traces
+from flows.grpo import grpo
+from flows.heldout import heldout
 from flows.ingest import ingest
+from flows.sft import sft
 from flows.synthesize import synthesize
 from oresearcher.config import load_config
 from tasks.environment import build_search_index, prepare_model
@@ -30,4 +34,13 @@ async def pipeline(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     log = get_run_logger()
     log.info("model %s | index %s | seeds %s | traces %s", model_dir, index, seeds["counts"], traces)
     log.info("filter: %s (%s)", filtered["summary"], filtered["gate_reason"])
-    return {"model_dir": model_dir, "index": index, "seeds": seeds, "synthesis": traces, "filter": filtered}
+    tuned = sft(config_path=config_path, overrides=overrides, dataset_version=filtered["version"])
+    reinforced = grpo(config_path=config_path, overrides=overrides,
+                      start_from=f"models:/{cfg.registry.policy_name}/{tuned['model_version']}")
+    models = [cfg.model.name, f"models:/{cfg.registry.policy_name}/{tuned['model_version']}"]
+    if reinforced["model_version"]:  # loaded back the way a user would: through the alias GRPO just moved
+        models.append(f"models:/{cfg.registry.policy_name}@challenger")
+    compared = await heldout(config_path=config_path, overrides=overrides, models=models,
+                             labels=["base", "sft", "grpo"][: len(models)])
+    return {"model_dir": model_dir, "index": index, "seeds": seeds, "synthesis": traces, "filter": filtered,
+            "sft": tuned, "grpo": reinforced, "heldout": compared}

@@ -29,7 +29,8 @@ def sft(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = No
         log_dataset_input(mlflow, run_id, f"filtered-{version}", version,
                           (cfg.paths.data / "filtered" / version).resolve().as_uri())
         trained = fine_tune(cfg, config_path, overrides or [], version, records, mlflow, run_id)
-        model_version = register_challenger(cfg, mlflow, run_id, trained, version)
+        model_version = register_challenger(cfg, mlflow, run_id, trained["model_dir"], "sft",
+                                            {"dataset_version": version, "lora": cfg.sft.lora})
     get_run_logger().info("SFT on %d traces of %s: loss %.3f -> %.3f; registered %s version %s (@challenger)",
                           len(records), version, trained["losses"][0], trained["losses"][-1], cfg.registry.policy_name,
                           model_version)

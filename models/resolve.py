@@ -126,5 +126,52 @@ def load_model_and_tokenizer(name: str, cache_dir: Path | None = None, dtype: st
     return model, tokenizer
 
 
+# ------------------------------------------------------------------------------------- trained policy versions
+# A registered policy version is a LoRA adapter folder (`adapter_config.json`) over the config's base model, or a
+# full-weights folder. The adapter's own `base_model_name_or_path` is a path on the machine that trained it, so the
+# base is always the config's `model.name`, resolved here.
+
+def is_adapter(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / "adapter_config.json").is_file()
+
+
+def load_policy(model_dir: str | Path, base: str, cache_dir: Path | None = None, dtype: str = "float32",
+                trainable: bool = False):
+    """(model, tokenizer) of a trained version; an adapter comes on its base as a PEFT model (`trainable`: its
+    adapter weights train on)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not is_adapter(model_dir):
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)), \
+            AutoTokenizer.from_pretrained(model_dir)
+    from peft import PeftModel
+
+    model, tokenizer = load_model_and_tokenizer(base, cache_dir, dtype)
+    return PeftModel.from_pretrained(model, str(model_dir), is_trainable=trainable), tokenizer
+
+
+def merged_policy(model_dir: str | Path, base: str, cache_dir: Path | None = None) -> str:
+    """A full-weights folder of a trained version, for engines that load plain folders: the folder itself, or
+    (once per adapter) the adapter merged into its base under `<cache>/models/merged-<digest>`."""
+    import hashlib
+
+    if not is_adapter(model_dir):
+        return str(model_dir)
+    h = hashlib.sha256(f"{base}@{model_revision(base, cache_dir)}".encode())
+    for f in sorted(Path(model_dir).iterdir()):
+        if f.name.startswith("adapter_"):
+            h.update(f.name.encode() + f.read_bytes())
+    target = (cache_dir or default_cache()) / "models" / f"merged-{h.hexdigest()[:16]}"
+    if not (target / "config.json").exists():
+        from oresearcher.store import atomic_dir
+
+        model, tokenizer = load_policy(model_dir, base, cache_dir)
+        with atomic_dir(target) as tmp:
+            model.merge_and_unload().save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return str(target)
+
+
 if __name__ == "__main__":
     print(resolve_model(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m-instruct"))

@@ -148,7 +148,8 @@ def cmd_sft(args) -> int:
 
         import yaml
 
-        from oresearcher.sft import distributed, launch_command
+        from oresearcher.launch import distributed
+        from oresearcher.sft import launch_command
         from tasks.training import checkpoint_dir
 
         version = args.dataset or latest_version(cfg.paths.data) or "LATEST"
@@ -167,6 +168,67 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_grpo(args) -> int:
+    cfg = _settings(args)
+    if args.dry_run:
+        import shlex
+
+        import yaml
+
+        from oresearcher.grpo import serve_command
+        from tasks.training import registry_dir
+
+        start = args.start_from or cfg.grpo.start_from or ""
+        number = start.rsplit("/", 1)[-1]
+        folder = str(registry_dir(cfg, number)) if number.isdigit() else "START_VERSION_DIR"
+        if cfg.grpo.rollout_backend == "vllm_server":
+            print(f"# first, on the rollout GPUs: the server TRL syncs the policy into each step (the flow downloads "
+                  f"the start version to {folder})\n{shlex.join(serve_command(cfg, folder))}")
+        from oresearcher.grpo import entry_args
+        from oresearcher.launch import distributed, launch_command
+        from tasks.training import grpo_checkpoint_dir
+
+        cmd = launch_command(cfg, "oresearcher.grpo", entry_args(args.config, args.overrides, folder,
+                                                                 grpo_checkpoint_dir(cfg, number or "N"), "RUN_ID"))
+        how = "launch command" if distributed(cfg) else "runs in the flow's own process, as"
+        print(f"# then the grpo flow (it starts from {start or 'the newest SFT version'}); its {how}:\n"
+              f"{shlex.join(cmd)}\n# with this config:")
+        print(yaml.safe_dump({"grpo": cfg.grpo.model_dump(mode="json"), "rollout": cfg.rollout.model_dump(mode="json"),
+                              "train": cfg.train.model_dump(mode="json")}, sort_keys=False), end="")
+        return 0
+    from mlflow.tracking import MlflowClient
+
+    from tasks.training import resolve_start, training_queries
+
+    training_queries.fn(cfg)  # no seed set, or no version to start from: one line, before any server starts
+    import logging
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+    resolve_start.fn(cfg, MlflowClient(cfg.mlflow.resolved_uri()), args.start_from)
+    from flows.grpo import grpo
+
+    r = grpo(config_path=args.config, overrides=args.overrides, start_from=args.start_from)
+    s = r["summary"]
+    print(f"GRPO from {r['start_from']}: {r['steps']} steps, mean reward {s.get('reward_first', 0):.3f} -> "
+          f"{s.get('reward_last', 0):.3f}, format pass rate {s.get('format_first', 0):.2f} -> "
+          f"{s.get('format_last', 0):.2f}")
+    if r["guard"]["stopped"]:
+        print(f"  guard: {r['guard']['reason']}; kept step {r['kept_step']}")
+    print(f"  registered {cfg.registry.policy_name} version {r['model_version']} (@challenger), MLflow run "
+          f"{r['run_id']}" if r["model_version"] else "  nothing registered (no checkpoint after a good step)")
+    return 0
+
+
+def cmd_heldout(args) -> int:
+    import asyncio
+
+    from flows.heldout import heldout
+
+    r = asyncio.run(heldout(config_path=args.config, overrides=args.overrides, models=args.models or None))
+    print(r["table"])
+    return 0
+
+
 def cmd_run(args) -> int:
     import asyncio
 
@@ -176,7 +238,30 @@ def cmd_run(args) -> int:
 
     result = asyncio.run(pipeline(config_path=args.config, overrides=args.overrides))
     print(_filter_lines(result["filter"]))
+    print(_training_lines(result, cfg.registry.policy_name))
     return 0
+
+
+def _training_lines(result: dict, name: str) -> str:
+    t, r, h = result["sft"], result["grpo"], result["heldout"]
+    s = r["summary"]
+    lines = [f"sft: {t['steps']} steps on {t['samples']} traces, loss {t['losses'][0]:.3f} -> {t['losses'][-1]:.3f}; "
+             f"{name} version {t['model_version']}",
+             f"grpo: {r['steps']} steps, mean reward {s.get('reward_first', 0):.3f} -> {s.get('reward_last', 0):.3f}, "
+             f"format pass rate {s.get('format_first', 0):.2f} -> {s.get('format_last', 0):.2f}; "
+             + (f"{name} version {r['model_version']} (@challenger)" if r["model_version"] else
+                f"nothing registered ({r['guard'].get('reason')})"),
+             h["table"]]
+    if sample := h.get("sample"):
+        lines.append(f"a held-out trace by {sample['model']} ({sample['stop_reason']}, "
+                     f"{'valid' if sample['valid'] else 'invalid'}):\n" + _excerpt(sample["trace"]))
+    return "\n".join(lines)
+
+
+def _excerpt(trace: str, lines: int = 12) -> str:
+    body = trace.strip().splitlines()
+    return "\n".join(f"  | {line[:110]}" for line in body[:lines]) + (f"\n  | ... ({len(body) - lines} more lines)"
+                                                                      if len(body) > lines else "")
 
 
 def _filter_lines(result: dict) -> str:
@@ -245,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_sft)
 
+    p = sub.add_parser("grpo", help="agentic GRPO from a registered SFT version, in the research environment")
+    p.add_argument("--from", dest="start_from", default=None,
+                   help="models:/<name>/<version> or models:/<name>@<alias> (default: the newest SFT version)")
+    p.add_argument("--dry-run", action="store_true", help="print the vLLM server command and the GRPO settings")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_grpo)
+
+    p = sub.add_parser("heldout", help="base, SFT and GRPO models on the held-out split, unguided, side by side")
+    p.add_argument("--model", dest="models", action="append", default=[],
+                   help="a model to run instead of the defaults (config name, folder or models:/ URI); repeatable")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_heldout)
+
     p = sub.add_parser("run", help="run the pipeline flow on a config")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
@@ -256,12 +354,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from models.llm import BudgetExceeded
     from oresearcher.config import ConfigError
     from oresearcher.filtering import DatasetError
+    from oresearcher.registry import StartNotFound
     from oresearcher.research.corpus import CorpusError
     from oresearcher.research.tape import TapeMiss
     from oresearcher.seeds import IngestError
 
     return (ConfigError, CorpusError, TapeMiss, FileNotFoundError, IngestError, PermissionError, DatasetError,
-            BudgetExceeded)
+            BudgetExceeded, StartNotFound)
 
 
 def main(argv: list[str] | None = None) -> int:

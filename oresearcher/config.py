@@ -200,6 +200,65 @@ class FinetuneConfig(Section):
     seed: int = 0
 
 
+class RewardWeights(Section):
+    """R = judge·R_base + tool·R_tool + format·R_format (method.md §3)."""
+
+    judge: float = Field(0.6, ge=0)
+    tool: float = Field(0.2, ge=0)
+    format: float = Field(0.2, ge=0)
+
+
+class GuardConfig(Section):
+    """Collapse and reward-hacking guards, checked on every GRPO step's rollouts. A tripped guard stops training
+    and the stage registers the last checkpoint whose rollouts were healthy."""
+
+    min_format_ratio: float = Field(0.5, ge=0, le=1, description="stop when a step's format pass rate falls below "
+                                                                 "this share of the first step's")
+    zero_variance_steps: int = Field(3, ge=1, description="stop after this many steps in a row in which every "
+                                                          "group's rewards were all equal (no learning signal)")
+
+
+class GrpoConfig(Section):
+    """Agentic GRPO (method.md §1 step 5, §3) from a registered SFT version: each rollout is the policy runtime
+    searching and reading in the research environment; observations carry no loss."""
+
+    start_from: str | None = Field(None, description="'models:/<name>/<version>' or 'models:/<name>@<alias>'; "
+                                                     "default: the newest version the sft stage registered")
+    queries_per_step: int = Field(2, ge=1, description="prompts per optimizer step (per process)")
+    num_generations: int = Field(4, ge=2, description="group size: rollouts per query")
+    max_steps: int = Field(200, ge=1, description="the step cap")
+    learning_rate: float = Field(1e-6, gt=0)
+    beta: float = Field(0.0, ge=0, description="KL coefficient against the starting policy (0: no reference pass)")
+    epsilon: float = Field(0.2, gt=0, description="PPO-style clip range of the importance ratio")
+    temperature: float = Field(1.0, gt=0, le=2.0, description="rollout sampling temperature")
+    reward_weights: RewardWeights = RewardWeights()
+    lora: bool = Field(True, description="train LoRA adapters: the SFT version's own, or new ones over full weights")
+    adapter: AdapterConfig = AdapterConfig()
+    save_steps: int = Field(10, ge=1, description="checkpoint every N steps (a killed run resumes from the last)")
+    seed: int = 0
+    guard: GuardConfig = GuardConfig()
+    rollout_backend: Literal["trainer", "vllm_server"] = Field(
+        "trainer", description="'trainer': rollouts decode with the live trainer model in-process (CPU, one GPU); "
+                               "'vllm_server': on a `trl vllm-serve` server that TRL syncs the weights into each step")
+    vllm_server_url: str = Field("http://127.0.0.1:8000", description="vllm_server: where `trl vllm-serve` listens")
+    vllm_tensor_parallel: int = Field(1, ge=1, description="vllm_server: GPUs per model copy on the server")
+
+    @model_validator(mode="after")
+    def _weights(self) -> GrpoConfig:
+        if not any(self.reward_weights.model_dump().values()):
+            raise ValueError("reward_weights are all 0: nothing to learn from")
+        return self
+
+
+class HeldoutConfig(Section):
+    """The held-out split: queries no stage trains on, run unguided by each model (base, SFT, GRPO)."""
+
+    limit: int | None = Field(None, ge=1, description="the first N held-out queries (default: all)")
+    temperature: float = Field(0.7, ge=0, le=2.0)
+    seed: int = Field(0, description="sampling seed: the same rollouts on a re-run")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
+
+
 class RegistryConfig(Section):
     policy_name: str = Field("o-researcher-policy", description="registered model name of the trained policies")
 
@@ -230,6 +289,8 @@ class IngestConfig(Section):
     drop_contaminated: bool = Field(True, description="keep evaluation look-alikes out of the seed version")
     eval_sets: list[Literal["drb", "drg"]] = ["drb", "drg"]
     default_seeds: Path = Field(Path("seeds/default.jsonl"), description="what `make run` ingests")
+    heldout_seeds: Path = Field(Path("seeds/heldout.jsonl"), description="the held-out split (`heldout` stage): a "
+                                "seed this similar to one of them is kept out like an evaluation query")
 
 
 class GuideConfig(Section):
@@ -376,6 +437,8 @@ class Settings(Section):
     review: ReviewConfig = ReviewConfig()
     sft: FinetuneConfig = FinetuneConfig()
     rollout: RolloutConfig = RolloutConfig()
+    grpo: GrpoConfig = GrpoConfig()
+    heldout: HeldoutConfig = HeldoutConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
     registry: RegistryConfig = RegistryConfig()

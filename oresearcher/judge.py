@@ -34,6 +34,17 @@ class Score:
         return self.value is not None
 
 
+def make_judge(cfg, run: str = "") -> Judge:
+    """The configured judge (`filter.judge`) on the shared response cache (`data/llm.sqlite`) and its cost cap:
+    the filter's tier 2 and the GRPO reward use this one."""
+    from models.llm import Budget, LLMStore, make_client
+
+    jc = cfg.filter.judge
+    client = make_client(jc.model, key="filter.judge.model", store=LLMStore(cfg.paths.data / "llm.sqlite"),
+                         budget=Budget(jc.max_cost_usd), run=run, cache_dir=cfg.paths.cache)
+    return Judge(client, jc)
+
+
 class Judge:
     def __init__(self, client: LLMClient, cfg: JudgeConfig):
         self.client, self.cfg = client, cfg
@@ -54,7 +65,8 @@ class Judge:
         """The rubric for `query`: the static one, or n criteria the judge writes for it (one call per query)."""
         if self.cfg.criteria == "static":
             return list(self.cfg.rubric)
-        if query not in self._criteria:
+        known = self._criteria.get(query)
+        if known is None or known.cancelled():  # (a loop that ended mid-call cancels it: ask again)
             self._criteria[query] = asyncio.ensure_future(self._generate_criteria(query))
         return await self._criteria[query]
 

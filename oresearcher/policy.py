@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models.llm import LLMClient, Usage
+from models.llm import LLMClient, LLMError, Usage
 from oresearcher import grammar as g
 from oresearcher.agents import observe
 from oresearcher.config import RolloutConfig
@@ -28,8 +28,15 @@ class Rollout:
     trace: str = ""
     tool_calls: int = 0
     turns: int = 0
-    stop_reason: str = ""  # "answered", "turn_cap", "tool_cap", "length", "no_action"
+    stop_reason: str = ""  # "answered", "turn_cap", "tool_cap", "length", "no_action", "error"
+    error: str = ""  # why the model could not go on ("error"): the context is full, the server refused
     usage: Usage = field(default_factory=Usage)
+    # the trace in pieces, each (text, written by the model?): GRPO trains on the model's pieces only
+    segments: list[tuple[str, bool]] = field(default_factory=list)
+
+    def extend(self, text: str, by_model: bool) -> None:
+        self.trace += text
+        self.segments.append((text, by_model))
 
 
 async def rollout(client: LLMClient, env: ResearchEnvironment, query: str, cfg: RolloutConfig,
@@ -39,12 +46,18 @@ async def rollout(client: LLMClient, env: ResearchEnvironment, query: str, cfg: 
     messages = policy_messages(query)
     while out.turns < cfg.max_turns:
         out.turns += 1
-        resp = await client.chat([*messages, {"role": "assistant", "content": out.trace}] if out.trace else messages,
-                                 max_tokens=cfg.max_new_tokens, stop=g.STOP_SEQUENCES, tag="policy", usage=out.usage,
-                                 seed=None if seed is None else seed * 100 + out.turns)
+        try:
+            resp = await client.chat([*messages, {"role": "assistant", "content": out.trace}] if out.trace else messages,
+                                     max_tokens=cfg.max_new_tokens, stop=g.STOP_SEQUENCES, tag="policy",
+                                     usage=out.usage, seed=None if seed is None else seed * 100 + out.turns)
+        except LLMError as e:  # e.g. the trace outgrew the context: this rollout ends, the batch goes on
+            if e.transient:
+                raise
+            out.stop_reason, out.error = "error", e.reason
+            break
         choice = resp.choices[0]
         text = g.complete_stop(choice.text, choice.stop_sequence)
-        out.trace += text
+        out.extend(text, by_model=True)
         if out.trace.rstrip().endswith(f"</{g.SUGGESTED_ANSWER}>"):
             out.stop_reason = "answered"
             break
@@ -57,7 +70,7 @@ async def rollout(client: LLMClient, env: ResearchEnvironment, query: str, cfg: 
             break
         observation = await observe(env, call)
         out.tool_calls += 1
-        out.trace += "\n" + g.observation_text(observation) + "\n"
+        out.extend("\n" + g.observation_text(observation) + "\n", by_model=False)
     else:
         out.stop_reason = "turn_cap"
     return out

@@ -1,37 +1,21 @@
-"""Checkpoints in the MLflow Model Registry, and training metrics and inputs on the stage's run.
+"""Checkpoints in the MLflow Model Registry, and the dataset inputs of training runs (their metrics:
+`oresearcher.train_metrics`).
 
     version = register_model(client, run_id, "o-researcher-policy", model_dir, alias="challenger", tags={...})
     local_dir = download_model("models:/o-researcher-policy@challenger", tracking_uri)
 
 A registered version is the checkpoint folder logged as the run's `model` artifacts (LoRA adapters with their
 `adapter_config.json`, or full weights), so any machine with the tracking server's artifacts can load it back.
-Metrics go through an `MlflowClient` with the run id passed explicitly (the fluent API's active run is
-thread-local and Prefect runs tasks in threads), namespaced `train/…` so runs of every stage compare.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 
-from transformers import TrainerCallback
 
-
-class MlflowMetrics(TrainerCallback):
-    """Every number the trainer logs, as `<prefix><name>` at the optimizer step it belongs to."""
-
-    def __init__(self, client, run_id: str, prefix: str = "train/"):
-        self.client, self.run_id, self.prefix = client, run_id, prefix
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(self.prefix + k, float(v), now, state.global_step) for k, v in (logs or {}).items()
-                   if isinstance(v, int | float) and not isinstance(v, bool)]
-        if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics)
+class StartNotFound(LookupError):
+    """The registered version a stage should start from is not in the registry."""
 
 
 def log_dataset_input(client, run_id: str, name: str, digest: str, source: str, context: str = "training") -> None:

@@ -223,12 +223,26 @@ def load_eval_queries(sets: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def heldout_queries(cfg: IngestConfig) -> list[str]:
+    """The held-out split (`ingest.heldout_seeds`, relative to the repository): no stage trains on these."""
+    from oresearcher.config import REPO_ROOT
+
+    path = cfg.heldout_seeds if cfg.heldout_seeds.is_absolute() else REPO_ROOT / cfg.heldout_seeds
+    rejections: list[Rejection] = []
+    queries = [normalize(q) for _, q, _ in read_records(path, rejections)]
+    if rejections:
+        raise IngestError(f"{path}:{rejections[0].line}: {rejections[0].reason} ({rejections[0].detail})")
+    return [q for q in queries if q]
+
+
 # ---------------------------------------------------------------------------------------------------- ingest
 def ingest_files(paths: list[Path], cfg: IngestConfig) -> IngestResult:
     result = IngestResult()
     eval_index = MinHashIndex()
     for eval_id, text in load_eval_queries(cfg.eval_sets):
         eval_index.add(eval_id, text)
+    for n, text in enumerate(heldout_queries(cfg), 1):  # kept out of training like evaluation queries
+        eval_index.add(f"heldout:{n}", text)
     seen_exact: dict[str, str] = {}
     near_index = MinHashIndex()
     for path in paths:

@@ -13,7 +13,6 @@ pre-tokenized dataset whose `labels` column it uses as is.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from oresearcher import grammar as g
@@ -94,7 +93,11 @@ def train_sft(cfg: Settings, records: list[dict], output_dir: Path, callbacks: l
     model_dir = resolve_model(cfg.model.name, cfg.paths.cache)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     max_length = s.max_length or cfg.train.max_seq_len
-    dataset = Dataset.from_list([sft_sample(tokenizer, r["query"], r["trace"], max_length) for r in records])
+    samples = [sft_sample(tokenizer, r["query"], r["trace"], max_length) for r in records]
+    if short := [len(s["input_ids"]) for s in samples if all(label == -100 for label in s["labels"])]:
+        raise ValueError(f"sft.max_length ({max_length}) leaves {len(short)} of {len(samples)} samples nothing to "
+                         "learn: the prompt alone fills it (raise sft.max_length or train.max_seq_len)")
+    dataset = Dataset.from_list(samples)
     args = SFTConfig(
         output_dir=str(output_dir), num_train_epochs=s.epochs, max_steps=s.max_steps or -1,
         learning_rate=s.learning_rate, warmup_steps=s.warmup_ratio, per_device_train_batch_size=s.batch_size,
@@ -118,44 +121,32 @@ def train_sft(cfg: Settings, records: list[dict], output_dir: Path, callbacks: l
 
 # ------------------------------------------------------------------------------------------------- launching
 
-def distributed(cfg: Settings) -> bool:
-    return cfg.train.deepspeed != "none"
-
-
 def launch_command(cfg: Settings, config_path: str, overrides: list[str], dataset_version: str, output_dir: Path,
                    run_id: str | None = None) -> list[str]:
-    """The training command: `python -m oresearcher.sft ...`; when distributed, under `accelerate launch` with the
-    DeepSpeed config of `train.deepspeed` and `train.num_processes` ranks per machine. On several machines, run it
-    on each with accelerate's `--machine_rank` and `--main_process_ip` added."""
-    entry = ["-m", "oresearcher.sft", "--config", str(config_path), *[x for o in overrides for x in ("--set", o)],
-             "--dataset", dataset_version, "--output-dir", str(output_dir), *(["--run-id", run_id] if run_id else [])]
-    if not distributed(cfg):
-        return [sys.executable, *entry]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch",
-                "--config_file", str(REPO_ROOT / "configs" / "accelerate" / f"{cfg.train.deepspeed}.yaml"),
-                "--num_processes", str(cfg.train.num_processes * cfg.train.num_machines),
-                "--num_machines", str(cfg.train.num_machines), "--main_process_port", str(cfg.train.main_process_port)]
-    return [*launcher, *entry]
+    """The training command (`oresearcher.launch`): `python -m oresearcher.sft ...`, under `accelerate launch`
+    when distributed."""
+    from oresearcher.launch import launch_command as command
+
+    return command(cfg, "oresearcher.sft", _entry_args(config_path, overrides, dataset_version, output_dir, run_id))
+
+
+def _entry_args(config_path: str, overrides: list[str], dataset_version: str, output_dir: Path,
+                run_id: str | None) -> list[str]:
+    return ["--config", str(config_path), *[x for o in overrides for x in ("--set", o)], "--dataset", dataset_version,
+            "--output-dir", str(output_dir), *(["--run-id", run_id] if run_id else [])]
 
 
 def run_sft(cfg: Settings, config_path: str, overrides: list[str], dataset_version: str, records: list[dict],
             output_dir: Path, callbacks: list | None = None, run_id: str | None = None) -> dict:
     """Train in this process, or through `launch_command` when distributed (rank 0 logs to `run_id`)."""
+    from oresearcher.launch import distributed, run_launched
+
     if not distributed(cfg):
         out = train_sft(cfg, records, output_dir, callbacks)
         out.pop("trainer")
         return out
-    import json
-    import subprocess
-
-    cmd = launch_command(cfg, config_path, overrides, dataset_version, output_dir, run_id)
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"distributed SFT failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
-    ranks = sorted(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("SFT_RANK "))
-    result = next(json.loads(line[len("SFT_RESULT "):]) for line in proc.stdout.splitlines()
-                  if line.startswith("SFT_RESULT "))
-    return {**result, "ranks": ranks}
+    return run_launched(cfg, "oresearcher.sft", _entry_args(config_path, overrides, dataset_version, output_dir,
+                                                             run_id))
 
 
 # ------------------------------------------------------------------------------------------ the launched process
@@ -165,11 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     oresearcher.sft` (the `sft` flow builds that command; `oresearcher sft --dry-run` prints it). Rank 0 logs
     `train/*` to the MLflow run given and prints the result as one JSON line."""
     import argparse
-    import json
-    import os
 
     from oresearcher.config import load_config
     from oresearcher.filtering import training_set
+    from oresearcher.launch import rank, report
 
     p = argparse.ArgumentParser(prog="python -m oresearcher.sft")
     p.add_argument("--config", required=True)
@@ -180,19 +170,16 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     _, records, _ = training_set(cfg.paths.data, args.dataset)
-    rank0 = int(os.environ.get("RANK", "0")) == 0
     callbacks = []
-    if args.run_id and rank0:
+    if args.run_id and rank() == 0:
         from mlflow.tracking import MlflowClient
 
-        from oresearcher.registry import MlflowMetrics
+        from oresearcher.train_metrics import MlflowMetrics
 
         callbacks.append(MlflowMetrics(MlflowClient(cfg.mlflow.resolved_uri()), args.run_id))
     out = train_sft(cfg, records, Path(args.output_dir), callbacks)
     out.pop("trainer")
-    print(f"SFT_RANK {os.environ.get('RANK', '0')} steps {out['steps']}", flush=True)  # every rank trained
-    if rank0:
-        print("SFT_RESULT " + json.dumps({**out, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}), flush=True)
+    report(out)
 
 
 if __name__ == "__main__":

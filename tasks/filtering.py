@@ -64,14 +64,13 @@ def filter_by_rules(records: list[dict], topics: dict[str, str], cfg: Settings, 
 async def judge_traces(records: list[dict], verdicts: list[Verdict], cfg: Settings, run: str) -> dict:
     """Tier 2: the judge scores every trace that passed tier 1 (calls cached in `data/llm.sqlite`, costed,
     capped by `filter.judge.max_cost_usd`). Returns the judge's identity and cost."""
-    from models.llm import Budget, BudgetExceeded, LLMStore, make_client
+    from models.llm import BudgetExceeded
     from oresearcher.filtering import apply_scores
-    from oresearcher.judge import Judge
+    from oresearcher.judge import make_judge
 
     jc = cfg.filter.judge
-    client = make_client(jc.model, key="filter.judge.model", store=LLMStore(cfg.paths.data / "llm.sqlite"),
-                         budget=Budget(jc.max_cost_usd), run=run, cache_dir=cfg.paths.cache)
-    judge = Judge(client, jc)
+    judge = make_judge(cfg, run)
+    client = judge.client
     by_id = {r["id"]: r for r in records}
     todo = [v for v in verdicts if v.kept]
     sem = asyncio.Semaphore(jc.concurrency)

@@ -1,0 +1,175 @@
+"""Training benchmark: our SFT stage and one GRPO step against bare TRL scripts, on the same data, model and settings.
+
+    python benchmarks/training.py [--model smollm2-135m-instruct] [--sft-steps 4]
+
+Prints, measured side by side in one run, tokens/s and the ratio ours / bare:
+1. SFT: `oresearcher.sft.train_sft` (our samples with observations masked, MLflow metrics every step into a
+   temporary SQLite tracking store) against a bare `SFTTrainer` on TRL's own prompt-completion format (loss on the
+   completion) with the same LoRA adapters, learning rate, length and step count. Same traces: the latest
+   filtered version in data/ (what `make run` leaves), or the tests' research traces when there is none.
+2. GRPO, one step: `oresearcher.grpo.train_grpo` (rollouts by the policy runtime, tool calls answered by the local
+   research environment, three reward terms with the judge) against a bare `GRPOTrainer` generating single-turn
+   completions of the same length with TRL's own sampler and a format reward. The workloads differ by design
+   (ours searches and reads; bare TRL cannot), so the number compared is tokens through the step per second, and
+   the rollout and reward time of ours is printed apart.
+Our overhead is 1 - ours/bare where ours is slower; the goal is under 5%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def traces(cfg) -> list[dict]:
+    from oresearcher.filtering import DatasetError, training_set
+
+    try:
+        _, records, _ = training_set(cfg.paths.data)
+        return records
+    except DatasetError:
+        from traces import crawl, research_trace, search
+
+        return [{"query": f"What caused the Black Death? ({i})",
+                 "trace": research_trace([search("Black Death causes"), crawl("https://en.wikipedia.org/wiki/Plague")],
+                                         [search("Black Death wages")])} for i in range(8)]
+
+
+def sft_ours(cfg, records, steps: int, out: Path) -> tuple[float, int]:
+    from mlflow.tracking import MlflowClient
+
+    from oresearcher.sft import train_sft
+    from oresearcher.train_metrics import MlflowMetrics
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("bench")).info.run_id
+    result = train_sft(cfg, records, out / "ours", callbacks=[MlflowMetrics(client, run_id)])
+    state = result["trainer"].state
+    runtime = next(h["train_runtime"] for h in state.log_history if "train_runtime" in h)
+    return runtime, max(h.get("num_tokens", 0) for h in state.log_history)
+
+
+def sft_bare(cfg, records, steps: int, out: Path) -> tuple[float, int]:
+    """A bare TRL script: the conversation in TRL's prompt-completion format, TRL tokenizes and masks."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from models.resolve import resolve_model
+    from oresearcher.sft import policy_messages
+
+    s = cfg.sft
+    model = resolve_model(cfg.model.name, cfg.paths.cache)
+    data = Dataset.from_list([{"prompt": policy_messages(r["query"]),
+                               "completion": [{"role": "assistant", "content": r["trace"]}]} for r in records])
+    args = SFTConfig(output_dir=str(out / "bare"), max_steps=steps, learning_rate=s.learning_rate,
+                     per_device_train_batch_size=s.batch_size, max_length=s.max_length or cfg.train.max_seq_len,
+                     logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
+                     dataloader_num_workers=0, seed=s.seed, warmup_steps=s.warmup_ratio)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=s.adapter.r, lora_alpha=s.adapter.alpha, lora_dropout=s.adapter.dropout,
+                      target_modules=s.adapter.target_modules)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(
+        model), peft_config=lora)
+    trainer.train()
+    runtime = next(h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h)
+    return runtime, max(h.get("num_tokens", 0) for h in trainer.state.log_history)
+
+
+def grpo_ours(cfg, start: str, queries: list[str], out: Path) -> dict:
+    from oresearcher.grpo import run_sync, train_grpo
+    from oresearcher.judge import make_judge
+
+    judge = make_judge(cfg, run="bench")
+    try:
+        result = train_grpo(cfg, start, queries, out / "grpo-ours", judge)
+    finally:
+        run_sync(judge.client.aclose())
+    [step] = result["history"]
+    return {"tokens": step["num_tokens"], "seconds": step["step_time"], "model_tokens": step["completions/mean_length"]}
+
+
+def grpo_bare(cfg, start: str, queries: list[str], completion_tokens: int, out: Path) -> dict:
+    """A bare TRL script: TRL's own sampler, single-turn completions of the same length, a format reward."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    from models.resolve import load_policy
+    from oresearcher.criteria import TraceView, reward_terms
+    from oresearcher.sft import policy_messages
+
+    g = cfg.grpo
+    model, tok = load_policy(start, cfg.model.name, cfg.paths.cache)
+
+    def fmt(prompts, completions, **_):
+        return [reward_terms(TraceView.of("q", c[0]["content"]), cfg.filter.rules)["format"] for c in completions]
+
+    args = GRPOConfig(output_dir=str(out / "grpo-bare"), max_steps=1, learning_rate=g.learning_rate, beta=g.beta,
+                      num_generations=g.num_generations, per_device_train_batch_size=g.queries_per_step *
+                      g.num_generations, max_completion_length=completion_tokens, temperature=g.temperature,
+                      logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
+                      disable_dropout=True, seed=g.seed)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=g.adapter.r, lora_alpha=g.adapter.alpha,
+                      lora_dropout=g.adapter.dropout, target_modules=g.adapter.target_modules)
+    trainer = GRPOTrainer(model=model, reward_funcs=[fmt], args=args, processing_class=tok, peft_config=lora,
+                          train_dataset=Dataset.from_list([{"prompt": policy_messages(q)} for q in queries]))
+    trainer.train()
+    step = next(h for h in trainer.state.log_history if "num_tokens" in h)
+    return {"tokens": step["num_tokens"], "seconds": step["step_time"]}
+
+
+def ratio_line(label: str, ours_tps: float, bare_tps: float) -> str:
+    ratio = ours_tps / bare_tps
+    overhead = max(0.0, 1 - ratio)
+    return (f"{label}: ours {ours_tps:,.0f} tokens/s, bare TRL {bare_tps:,.0f} tokens/s -> ratio {ratio:.3f} "
+            f"(overhead {overhead:.1%}, goal < 5%: {'met' if overhead < 0.05 else 'NOT met'})")
+
+
+def main() -> None:
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from models.resolve import resolve_model
+    from oresearcher.config import load_config
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--sft-steps", type=int, default=4)
+    p.add_argument("--samples", type=int, default=4, help="traces (SFT) and queries (GRPO)")
+    p.add_argument("--max-new-tokens", type=int, default=160, help="GRPO: tokens per rollout generation")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        cfg = load_config(REPO / "configs" / "tiny.yaml", [
+            f"model.name={args.model}", f"sft.max_steps={args.sft_steps}", "sft.save_steps=100000",
+            "grpo.max_steps=1", "grpo.num_generations=2", f"grpo.queries_per_step={args.samples // 2}",
+            "grpo.save_steps=100000", f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.max_turns=4",
+            f"research.tape.path={out / 'tape.sqlite'}", "research.tape.mode=live",
+            f"paths.data_dir={REPO / 'data'}"])
+        records = traces(cfg)[: args.samples]
+        print(f"model {args.model}; {len(records)} traces, {args.sft_steps} SFT steps; one GRPO step of "
+              f"{args.samples // 2} queries x 2 rollouts", flush=True)
+        bare_s, bare_tok = sft_bare(cfg, records, args.sft_steps, out)
+        ours_s, ours_tok = sft_ours(cfg, records, args.sft_steps, out)
+        print(ratio_line("SFT", ours_tok / ours_s, bare_tok / bare_s), flush=True)
+        start = resolve_model(args.model, cfg.paths.cache)
+        queries = [r["query"] for r in records][: args.samples // 2]
+        ours = grpo_ours(cfg, start, queries, out)
+        bare = grpo_bare(cfg, start, queries, max(16, int(ours["model_tokens"])), out)
+        print(ratio_line("GRPO step", ours["tokens"] / ours["seconds"], bare["tokens"] / bare["seconds"]))
+        print(json.dumps({"sft": {"ours": [ours_s, ours_tok], "bare": [bare_s, bare_tok]},
+                          "grpo": {"ours": ours, "bare": bare}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The measured effect (roadmap stage 3): base, SFT and GRPO models on the held-out split, unguided, side by side.
+
+    oresearcher heldout --config configs/tiny.yaml [--model models:/o-researcher-policy/4 ...]
+
+Each model gets an MLflow run (`heldout-<label>`) with `heldout/*` means (format validity, tool calls, citations,
+share of references an observation showed, R_base, mean reward R) and its traces; the flow prints the table and
+leaves it as a Prefect artifact. By default: the base model and the newest SFT and GRPO versions.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from oresearcher.config import load_config
+from tasks.heldout import heldout_models, local_model, log_heldout, run_heldout
+
+
+@flow(name="heldout", log_prints=True)
+async def heldout(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
+                  models: list[str] | None = None, labels: list[str] | None = None) -> dict:
+    from mlflow.tracking import MlflowClient
+    from prefect.artifacts import create_table_artifact
+
+    from oresearcher.heldout import COLUMNS, means, table
+    from oresearcher.judge import make_judge
+    from oresearcher.seeds import heldout_queries
+    from oresearcher.tracking import stage_run
+
+    cfg = load_config(config_path, overrides)
+    queries = heldout_queries(cfg.ingest)[: cfg.heldout.limit]
+    mlflow = MlflowClient(cfg.mlflow.resolved_uri())
+    candidates = list(zip(labels or models, models, strict=True)) if models else heldout_models(cfg, mlflow)
+    judge = make_judge(cfg, run="heldout")
+    results: dict[str, dict[str, float]] = {}
+    sample = None  # the last model's first trace: what the newest policy writes, shown by `oresearcher run`
+    try:
+        for label, model in candidates:
+            with stage_run(cfg, f"heldout-{label}", tags={"model": model, "heldout_queries": str(len(queries))}) \
+                    as (client, run_id):
+                rows = await run_heldout(cfg, local_model(cfg, model), queries, judge)
+                results[label] = means(rows)
+                sample = {"model": model, "trace": rows[0]["trace"], "stop_reason": rows[0]["stop_reason"],
+                          "valid": bool(rows[0]["metrics"]["valid"])} if rows else sample
+                log_heldout(client, run_id, rows, results[label])
+    finally:
+        await judge.client.aclose()
+    text = table(results, len(queries))
+    get_run_logger().info("%s", text)
+    await create_table_artifact(key="heldout", description=text.splitlines()[0], table=[
+        {"model": label, **{title: round(m.get(k, 0.0), 3) for k, title in COLUMNS}} for label, m in results.items()])
+    return {"models": dict(candidates), "results": results, "table": text, "queries": len(queries), "sample": sample}
