@@ -18,17 +18,17 @@ from tasks.heldout import heldout_models, local_model, log_heldout, run_heldout
 @flow(name="heldout", log_prints=True)
 async def heldout(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
                   models: list[str] | None = None, labels: list[str] | None = None) -> dict:
-    from mlflow.tracking import MlflowClient
     from prefect.artifacts import create_table_artifact
 
     from oresearcher.heldout import COLUMNS, means, table
     from oresearcher.judge import make_judge
     from oresearcher.seeds import heldout_queries
+    from oresearcher.tracking import client as tracking_client
     from oresearcher.tracking import stage_run
 
     cfg = load_config(config_path, overrides)
     queries = heldout_queries(cfg.ingest)[: cfg.heldout.limit]
-    mlflow = MlflowClient(cfg.mlflow.resolved_uri())
+    mlflow = tracking_client(cfg)
     candidates = list(zip(labels or models, models, strict=True)) if models else heldout_models(cfg, mlflow)
     judge = make_judge(cfg, run="heldout")
     results: dict[str, dict[str, float]] = {}

@@ -196,15 +196,14 @@ def cmd_grpo(args) -> int:
         print(yaml.safe_dump({"grpo": cfg.grpo.model_dump(mode="json"), "rollout": cfg.rollout.model_dump(mode="json"),
                               "train": cfg.train.model_dump(mode="json")}, sort_keys=False), end="")
         return 0
-    from mlflow.tracking import MlflowClient
-
+    from oresearcher.tracking import client as tracking_client
     from tasks.training import resolve_start, training_queries
 
     training_queries.fn(cfg)  # no seed set, or no version to start from: one line, before any server starts
     import logging
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
-    resolve_start.fn(cfg, MlflowClient(cfg.mlflow.resolved_uri()), args.start_from)
+    resolve_start.fn(cfg, tracking_client(cfg), args.start_from)
     from flows.grpo import grpo
 
     r = grpo(config_path=args.config, overrides=args.overrides, start_from=args.start_from)

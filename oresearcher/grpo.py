@@ -408,11 +408,10 @@ def main(argv: list[str] | None = None) -> None:
     _, queries = training_queries.fn(cfg)
     callbacks = []
     if args.run_id and rank() == 0:
-        from mlflow.tracking import MlflowClient
-
+        from oresearcher.tracking import client as tracking_client
         from oresearcher.train_metrics import MlflowMetrics
 
-        callbacks.append(MlflowMetrics(MlflowClient(cfg.mlflow.resolved_uri()), args.run_id))
+        callbacks.append(MlflowMetrics(tracking_client(cfg), args.run_id))
     report(_train_here(cfg, args.start_dir, queries, Path(args.output_dir), callbacks, args.run_id))
 
 

@@ -50,9 +50,25 @@ def register_model(client, run_id: str, name: str, model_dir: str | Path, alias:
 
 
 def download_model(uri: str, tracking_uri: str, dst: Path | None = None) -> str:
-    """A local copy of a registered model (`models:/name@alias` or `models:/name/3`)."""
-    import mlflow
+    """A local copy of a registered model (`models:/name@alias` or `models:/name/3`): the `model` artifacts of the
+    run that registered it. Resolved with a client pinned to `tracking_uri` rather than MLflow's global registry
+    URI, which would outlive this call in the environment of every process started later."""
+    import shutil
+    import tempfile
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None)
+    from mlflow.tracking import MlflowClient
+
+    name, sep, ref = uri.removeprefix("models:/").partition("@")
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    if sep:
+        version = client.get_model_version_by_alias(name, ref)
+    else:
+        name, _, number = name.rpartition("/")
+        version = client.get_model_version(name, number)
+    if dst is None:
+        return client.download_artifacts(version.run_id, "model", tempfile.mkdtemp(prefix="model-"))
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:  # the folder appears whole or not at all
+        shutil.move(client.download_artifacts(version.run_id, "model", tmp), dst)
+    return str(dst)

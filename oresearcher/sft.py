@@ -172,11 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     _, records, _ = training_set(cfg.paths.data, args.dataset)
     callbacks = []
     if args.run_id and rank() == 0:
-        from mlflow.tracking import MlflowClient
-
+        from oresearcher.tracking import client as tracking_client
         from oresearcher.train_metrics import MlflowMetrics
 
-        callbacks.append(MlflowMetrics(MlflowClient(cfg.mlflow.resolved_uri()), args.run_id))
+        callbacks.append(MlflowMetrics(tracking_client(cfg), args.run_id))
     out = train_sft(cfg, records, Path(args.output_dir), callbacks)
     out.pop("trainer")
     report(out)

@@ -29,27 +29,36 @@ def artifact_location(cfg: Settings) -> str | None:
     return None  # a tracking server decides
 
 
+def client(cfg: Settings):
+    """The MLflow client of this config, its model registry pinned to the same store: without `registry_uri`,
+    MLflow takes the registry from MLFLOW_REGISTRY_URI, which `mlflow.set_registry_uri` (a download, another
+    config in the same process) leaves in the environment of every process started after it."""
+    from mlflow.tracking import MlflowClient
+
+    uri = cfg.mlflow.resolved_uri()
+    return MlflowClient(uri, registry_uri=uri)
+
+
 @contextmanager
 def stage_run(cfg: Settings, stage: str, tags: dict[str, str] | None = None):
     """Start an MLflow run for `stage` with the config as params; yields (client, run_id)."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(cfg.mlflow.resolved_uri())
-    client = MlflowClient(cfg.mlflow.resolved_uri())
-    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment,
-                                                                     artifact_location=artifact_location(cfg))
-    run = client.create_run(exp_id, run_name=stage, tags={"stage": stage, "config": cfg.name,
-                                                          "git_commit": git_commit(), **(tags or {})})
+    mlflow_client = client(cfg)
+    exp = mlflow_client.get_experiment_by_name(cfg.mlflow.experiment)
+    exp_id = exp.experiment_id if exp else mlflow_client.create_experiment(
+        cfg.mlflow.experiment, artifact_location=artifact_location(cfg))
+    run = mlflow_client.create_run(exp_id, run_name=stage, tags={"stage": stage, "config": cfg.name,
+                                                                 "git_commit": git_commit(), **(tags or {})})
     run_id = run.info.run_id
     params = flat_params(cfg)
     for start in range(0, len(params), 100):  # MLflow caps a batch at 100 params
         chunk = list(params.items())[start : start + 100]
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in chunk])
+        mlflow_client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in chunk])
     status = "FAILED"
     try:
-        yield client, run_id
+        yield mlflow_client, run_id
         status = "FINISHED"
     finally:
-        client.set_terminated(run_id, status)
+        mlflow_client.set_terminated(run_id, status)
