@@ -115,8 +115,9 @@ def grpo_bare(cfg, start: str, queries: list[str], completion_tokens: int, out: 
         return [reward_terms(TraceView.of("q", c[0]["content"]), cfg.filter.rules)["format"] for c in completions]
 
     args = GRPOConfig(output_dir=str(out / "grpo-bare"), max_steps=1, learning_rate=g.learning_rate, beta=g.beta,
-                      num_generations=g.num_generations, per_device_train_batch_size=g.queries_per_step *
-                      g.num_generations, max_completion_length=completion_tokens, temperature=g.temperature,
+                      num_generations=g.num_generations, per_device_train_batch_size=g.micro_batch_size,
+                      gradient_accumulation_steps=g.queries_per_step * g.num_generations // g.micro_batch_size,
+                      max_completion_length=completion_tokens, temperature=g.temperature,
                       logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
                       disable_dropout=True, seed=g.seed)
     lora = LoraConfig(task_type="CAUSAL_LM", r=g.adapter.r, lora_alpha=g.adapter.alpha,

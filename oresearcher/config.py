@@ -226,6 +226,8 @@ class GrpoConfig(Section):
                                                      "default: the newest version the sft stage registered")
     queries_per_step: int = Field(2, ge=1, description="prompts per optimizer step (per process)")
     num_generations: int = Field(4, ge=2, description="group size: rollouts per query")
+    micro_batch_size: int = Field(1, ge=1, description="traces per forward/backward pass: a step's traces are "
+                                                       "accumulated in micro-batches of this size (memory)")
     max_steps: int = Field(200, ge=1, description="the step cap")
     learning_rate: float = Field(1e-6, gt=0)
     beta: float = Field(0.0, ge=0, description="KL coefficient against the starting policy (0: no reference pass)")
@@ -247,6 +249,9 @@ class GrpoConfig(Section):
     def _weights(self) -> GrpoConfig:
         if not any(self.reward_weights.model_dump().values()):
             raise ValueError("reward_weights are all 0: nothing to learn from")
+        if (self.queries_per_step * self.num_generations) % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must divide queries_per_step x "
+                             f"num_generations ({self.queries_per_step * self.num_generations})")
         return self
 
 

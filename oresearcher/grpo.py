@@ -310,7 +310,10 @@ def train_grpo(cfg: Settings, start_dir: str, queries: list[str], output_dir: Pa
     args = GRPOConfig(
         output_dir=str(output_dir), max_steps=g.max_steps, learning_rate=g.learning_rate, beta=g.beta,
         epsilon=g.epsilon, temperature=g.temperature, num_generations=g.num_generations,
-        per_device_train_batch_size=g.queries_per_step * g.num_generations, gradient_accumulation_steps=1,
+        # one step = one generation of queries_per_step groups, trained in micro-batches (a 2k-token trace's
+        # backward pass of a 135M model takes ~8 GB on CPU: four at once do not fit a laptop)
+        per_device_train_batch_size=g.micro_batch_size,
+        gradient_accumulation_steps=g.queries_per_step * g.num_generations // g.micro_batch_size,
         reward_weights=[w.judge, w.tool, w.format], max_completion_length=cfg.train.max_seq_len,
         logging_steps=1, save_strategy="steps", save_steps=g.save_steps, save_total_limit=None,
         report_to="none", seed=g.seed, use_cpu=not torch.cuda.is_available(), bf16=cfg.train.bf16,
