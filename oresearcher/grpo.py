@@ -303,6 +303,8 @@ def train_grpo(cfg: Settings, start_dir: str, queries: list[str], output_dir: Pa
     adapter = is_adapter(start_dir)
     model, tokenizer = load_policy(start_dir, cfg.model.name, cfg.paths.cache, cfg.model.dtype,
                                    trainable=adapter and g.lora)
+    if adapter and not g.lora:  # full-weights GRPO from an adapter version: train its merged weights
+        model, adapter = model.merge_and_unload(), False
     new_adapter = LoraConfig(task_type="CAUSAL_LM", r=g.adapter.r, lora_alpha=g.adapter.alpha,
                              lora_dropout=g.adapter.dropout, target_modules=g.adapter.target_modules) \
         if g.lora and not adapter else None
