@@ -80,6 +80,6 @@ def test_deployments_run_from_a_fresh_clone(tmp_path):
             stop(worker)
         stop(server)
     # The runs used the clone's own code and wrote into the clone's own data tree.
-    assert (clone / "data" / "seeds" / "seeds.jsonl").read_text().count("\n") >= 60
+    assert (clone / "data" / "seeds" / "seeds.jsonl").read_text().count("\n") >= 50
     (record,) = [json.loads(line) for line in (clone / "data" / "traces" / "traces.jsonl").read_text().splitlines()]
     assert record["failure"] is None and record["trace"].startswith("<subtask_list>")
