@@ -21,7 +21,6 @@ TRL's `GRPOTrainer` moves it toward the traces that score better within each que
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -358,16 +357,13 @@ def summary(history: list[dict]) -> dict[str, float]:
             "format_first": first["rewards/format/mean"], "format_last": last["rewards/format/mean"]}
 
 
-def dumps(result: dict) -> str:
-    return json.dumps({k: v for k, v in result.items() if k not in ("trainer", "rollouts")}, default=str)
-
-
 # ------------------------------------------------------------------------------------------------- launching
 
 def entry_args(config_path: str, overrides: list[str], start_dir: str, output_dir: Path,
                run_id: str | None) -> list[str]:
-    return ["--config", str(config_path), *[x for o in overrides for x in ("--set", o)], "--start-dir", start_dir,
-            "--output-dir", str(output_dir), *(["--run-id", run_id] if run_id else [])]
+    from oresearcher.launch import stage_args
+
+    return stage_args(config_path, overrides, output_dir, run_id, start_dir=start_dir)
 
 
 def run_grpo(cfg: Settings, config_path: str, overrides: list[str], start_dir: str, queries: list[str],
@@ -396,27 +392,14 @@ def _train_here(cfg: Settings, start_dir: str, queries: list[str], output_dir: P
 def main(argv: list[str] | None = None) -> None:
     """One GRPO process: one rank of `accelerate launch ... -m oresearcher.grpo` (the `grpo` flow builds the
     command; `oresearcher grpo --dry-run` prints it). Rank 0 logs `train/*` to the MLflow run given."""
-    import argparse
-
     from oresearcher.config import load_config
-    from oresearcher.launch import rank, report
+    from oresearcher.launch import rank0_metrics, report, stage_parser
     from tasks.training import training_queries
 
-    p = argparse.ArgumentParser(prog="python -m oresearcher.grpo")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--start-dir", required=True, help="the downloaded version GRPO starts from")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--run-id", default=None, help="MLflow run to log train/* to (rank 0)")
-    args = p.parse_args(argv)
+    args = stage_parser("oresearcher.grpo", start_dir="the downloaded version GRPO starts from").parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     _, queries = training_queries.fn(cfg)
-    callbacks = []
-    if args.run_id and rank() == 0:
-        from oresearcher.tracking import client as tracking_client
-        from oresearcher.train_metrics import MlflowMetrics
-
-        callbacks.append(MlflowMetrics(tracking_client(cfg), args.run_id))
+    callbacks = rank0_metrics(cfg, args.run_id)
     report(_train_here(cfg, args.start_dir, queries, Path(args.output_dir), callbacks, args.run_id))
 
 

@@ -60,3 +60,36 @@ def report(result: dict) -> None:
     if rank() == 0:
         print("TRAIN_RESULT " + json.dumps({**result, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}),
               flush=True)
+
+
+# ------------------------------------------------------------- the command line a launched stage takes, both ends
+
+def stage_args(config_path: str, overrides: list[str], output_dir, run_id: str | None, **inputs: str) -> list[str]:
+    """`--config C --set K=V ... --<input> V ... --output-dir D [--run-id R]` for `stage_parser` to read back."""
+    return ["--config", str(config_path), *[x for o in overrides for x in ("--set", o)],
+            *[x for k, v in inputs.items() for x in (f"--{k.replace('_', '-')}", str(v))],
+            "--output-dir", str(output_dir), *(["--run-id", run_id] if run_id else [])]
+
+
+def stage_parser(module: str, **inputs: str):
+    """The parser of a launched stage: config, overrides, its inputs (name -> help), output dir, MLflow run."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"python -m {module}")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    for name, text in inputs.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, help=text)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--run-id", default=None, help="MLflow run to log train/* to (rank 0)")
+    return p
+
+
+def rank0_metrics(cfg: Settings, run_id: str | None) -> list:
+    """The trainer callbacks of a launched process: `train/*` into `run_id`, from rank 0 only."""
+    if not run_id or rank() != 0:
+        return []
+    from oresearcher.tracking import client
+    from oresearcher.train_metrics import MlflowMetrics
+
+    return [MlflowMetrics(client(cfg), run_id)]

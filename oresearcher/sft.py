@@ -132,8 +132,9 @@ def launch_command(cfg: Settings, config_path: str, overrides: list[str], datase
 
 def _entry_args(config_path: str, overrides: list[str], dataset_version: str, output_dir: Path,
                 run_id: str | None) -> list[str]:
-    return ["--config", str(config_path), *[x for o in overrides for x in ("--set", o)], "--dataset", dataset_version,
-            "--output-dir", str(output_dir), *(["--run-id", run_id] if run_id else [])]
+    from oresearcher.launch import stage_args
+
+    return stage_args(config_path, overrides, output_dir, run_id, dataset=dataset_version)
 
 
 def run_sft(cfg: Settings, config_path: str, overrides: list[str], dataset_version: str, records: list[dict],
@@ -155,27 +156,14 @@ def main(argv: list[str] | None = None) -> None:
     """One training process: `python -m oresearcher.sft` alone, or one rank of `accelerate launch ... -m
     oresearcher.sft` (the `sft` flow builds that command; `oresearcher sft --dry-run` prints it). Rank 0 logs
     `train/*` to the MLflow run given and prints the result as one JSON line."""
-    import argparse
-
     from oresearcher.config import load_config
     from oresearcher.filtering import training_set
-    from oresearcher.launch import rank, report
+    from oresearcher.launch import rank0_metrics, report, stage_parser
 
-    p = argparse.ArgumentParser(prog="python -m oresearcher.sft")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--dataset", required=True, help="filtered dataset version")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--run-id", default=None, help="MLflow run to log train/* to (rank 0)")
-    args = p.parse_args(argv)
+    args = stage_parser("oresearcher.sft", dataset="filtered dataset version").parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     _, records, _ = training_set(cfg.paths.data, args.dataset)
-    callbacks = []
-    if args.run_id and rank() == 0:
-        from oresearcher.tracking import client as tracking_client
-        from oresearcher.train_metrics import MlflowMetrics
-
-        callbacks.append(MlflowMetrics(tracking_client(cfg), args.run_id))
+    callbacks = rank0_metrics(cfg, args.run_id)
     out = train_sft(cfg, records, Path(args.output_dir), callbacks)
     out.pop("trainer")
     report(out)
