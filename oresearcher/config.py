@@ -162,8 +162,22 @@ class TrainConfig(Section):
     num_machines: int = Field(1, ge=1, description="machines; each runs the printed launch command with its "
                                                    "--machine_rank (accelerate's multi-node flags)")
     main_process_port: int = Field(29500, ge=1, le=65535, description="rendezvous port of the launched processes")
-    bf16: bool = False
+    bf16: Literal[True, False, "auto"] = Field(False, description="bf16 mixed precision; 'auto': where the hardware has "
+                                                            "bf16 matrix units (see `bf16_enabled`)")
     max_seq_len: int = Field(2048, ge=128)
+
+    def bf16_enabled(self) -> bool:
+        """`bf16`, with "auto" resolved on this machine: a CUDA GPU that supports bf16, or a CPU with AVX512-BF16 or
+        AMX (there autocast made a 2k-token LoRA step of the 135M model 1.7x faster); elsewhere bf16 would be
+        emulated, slower than float32."""
+        if self.bf16 != "auto":
+            return self.bf16
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.is_bf16_supported()
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
+                                                                             "_is_amx_tile_supported"))
 
 
 class RolloutConfig(Section):

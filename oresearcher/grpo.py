@@ -317,7 +317,7 @@ def train_grpo(cfg: Settings, start_dir: str, queries: list[str], output_dir: Pa
         gradient_accumulation_steps=g.queries_per_step * g.num_generations // g.micro_batch_size,
         reward_weights=[w.judge, w.tool, w.format], max_completion_length=cfg.train.max_seq_len,
         logging_steps=1, save_strategy="steps", save_steps=g.save_steps, save_total_limit=None,
-        report_to="none", seed=g.seed, use_cpu=not torch.cuda.is_available(), bf16=cfg.train.bf16,
+        report_to="none", seed=g.seed, use_cpu=not torch.cuda.is_available(), bf16=cfg.train.bf16_enabled(),
         disable_dropout=True, dataloader_num_workers=0, gradient_checkpointing=False,
         use_vllm=g.rollout_backend == "vllm_server", vllm_mode="server", vllm_server_base_url=g.vllm_server_url,
         vllm_importance_sampling_correction=False,  # the runtime's server calls return text, not sampler logprobs

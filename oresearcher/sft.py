@@ -103,7 +103,7 @@ def train_sft(cfg: Settings, records: list[dict], output_dir: Path, callbacks: l
         learning_rate=s.learning_rate, warmup_steps=s.warmup_ratio, per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.grad_accum, max_length=max_length, packing=s.packing, seed=s.seed,
         logging_steps=1, save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, report_to="none",
-        use_cpu=not torch.cuda.is_available(), bf16=cfg.train.bf16, gradient_checkpointing=False,
+        use_cpu=not torch.cuda.is_available(), bf16=cfg.train.bf16_enabled(), gradient_checkpointing=False,
         dataloader_num_workers=0, deepspeed=deepspeed_config(cfg))
     peft_config = LoraConfig(task_type="CAUSAL_LM", r=s.adapter.r, lora_alpha=s.adapter.alpha,
                              lora_dropout=s.adapter.dropout, target_modules=s.adapter.target_modules) if s.lora else None

@@ -37,6 +37,7 @@ def test_paper_config_is_the_paper_setup():
     ("model.nmae=x", "model.nmae"),
     ("research.crawl.max_bytes=-1", "research.crawl.max_bytes"),
     ("mlflow.tracking_uri=./mlruns", "mlflow.tracking_uri"),
+    ("train.bf16=sometimes", "train.bf16"),
 ])
 def test_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=rf"invalid config: (.*; )?{key}: "):
@@ -63,6 +64,20 @@ def test_overrides_parse_yaml_values():
     cfg = load_config(REPO / "configs" / "tiny.yaml", ["research.crawl.allow_hosts=['127.0.0.1/32']",
                                                        "research.page_token_budget=500"])
     assert cfg.research.crawl.allow_hosts == ["127.0.0.1/32"] and cfg.research.page_token_budget == 500
+
+
+def test_bf16_auto_follows_the_hardware(monkeypatch):
+    import torch
+
+    tiny = REPO / "configs" / "tiny.yaml"
+    assert load_config(tiny, ["train.bf16=false"]).train.bf16_enabled() is False
+    assert load_config(tiny, ["train.bf16=true"]).train.bf16_enabled() is True
+    auto = load_config(tiny, ["train.bf16=auto"]).train
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for bf16_units, expected in ((False, False), (True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=bf16_units: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert auto.bf16_enabled() is expected
 
 
 def test_params_hold_env_var_names_not_secrets(monkeypatch):
