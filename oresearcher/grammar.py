@@ -435,10 +435,19 @@ _LINE = r"[^<\n]"
 _PROSE = r"[^<\[\]#]"  # a sentence of an answer or report: no tags, no brackets (those are citations), no headings
 
 
-def _text(cap: int, chars: str = _FREE) -> str:
-    """A free-text rule: a little white space, one visible character, then at most `cap` characters more."""
+def _text(cap: int, chars: str = _FREE, sentence: bool = False) -> str:
+    """A free-text rule: a little white space, one visible character, then at most `cap` characters more;
+    `sentence`: ending with ".", "!" or "?" (see `_SENTENCE_END`)."""
     visible = chars[:-1] + r" \t\n]" if chars.startswith("[^") else chars
+    if sentence:  # the end mark is the visible character; a newline may follow it, as `serialize` writes blocks
+        return f'{_WS} {chars}{{0,{cap - 1}}} {_SENTENCE_END} "\\n"?'
     return f"{_WS} {visible} {chars}{{0,{cap}}}"
+
+
+# A small teacher rarely closes a block on its own: it writes until the cap, and the grammar closes the block there,
+# mid-word. A student trained on such traces cannot see when a block ends (after N characters, which it does not
+# count). Blocks that close after a sentence end give it a cue it can see: at the cap, the grammar asks for the stop.
+_SENTENCE_END = "[.!?]"
 
 
 def _repeat(item: str, lo: int, hi: int) -> str:
@@ -466,7 +475,7 @@ def planner_guide(min_items: int, max_items: int, caps=None) -> Guide:
     for item in reversed(items[min_items:]):  # "3." only after "2.": each optional item nests in the one before
         optional = f"({item} {optional})?".replace(" )", ")")
     rules = {"root": " ".join(items[:min_items]) + (f" {optional}" if optional else ""),
-             "line": f"[^<\\n \\t] {_LINE}{{2,{caps.subtask_line}}}"}
+             "line": f"[^<\\n \\t] {_LINE}{{1,{caps.subtask_line - 1}}} {_SENTENCE_END}"}
     return Guide("planner", _gbnf(rules), max_items * (caps.subtask_line + 5))
 
 
@@ -494,7 +503,8 @@ def step_guide(observed: list[str], *, may_call: bool = True, may_answer: bool =
     if observed:
         rules["url"] = _alt(observed)
     head = {"root": f'{_block(THINK, "think")} ws (plan ws)? ({" | ".join(actions)})',
-            "think": _text(caps.think), "plan": _block(PLAN, "plantext"), "plantext": _text(caps.plan),
+            "think": _text(caps.think, sentence=True), "plan": _block(PLAN, "plantext"),
+            "plantext": _text(caps.plan, sentence=True),
             "ws": _WS}
     longest = max((len(u) for u in observed), default=0)
     action = max(caps.queries * (caps.query + 3) + 40, longest + 30,
@@ -513,8 +523,9 @@ def answer_guide(observed: list[str], caps=None) -> Guide:
 
 def _answer_rules(caps) -> dict[str, str]:
     # prose and citations alternate, so each citation follows a claim: "claim [URL]. claim [URL] tail"
-    return {"answer": _block(SUBTASK_ANSWER, _repeat("(asent cite)", 1, caps.answer_sentences) + " asent?"),
-            "asent": _text(caps.answer_sentence, _PROSE), "cite": '"[" url "]"'}
+    return {"answer": _block(SUBTASK_ANSWER, _repeat("(asent cite)", 1, caps.answer_sentences) + " atail?"),
+            "asent": _text(caps.answer_sentence, _PROSE), "cite": '"[" url "]"',
+            "atail": _text(caps.answer_sentence, _PROSE, sentence=True)}
 
 
 def _answer_chars(caps, longest_url: int) -> int:

@@ -47,6 +47,11 @@ def prose(max_chars: int, min_words: int = 1):
     return st.lists(words, min_size=min_words, max_size=6).map(" ".join).filter(lambda t: 5 <= len(t) <= max_chars)
 
 
+def sentence(max_chars: int):
+    """Text of a block the grammars close only after a sentence end (think, plan, a subtask line)."""
+    return st.tuples(prose(max_chars - 1), st.sampled_from(".!?")).map("".join)
+
+
 @st.composite
 def agent(draw, pool: list[str]):
     """One subtask agent's steps: searches that observe URLs from `pool`, crawls of observed ones, an answer."""
@@ -55,8 +60,8 @@ def agent(draw, pool: list[str]):
     parts: list[str] = []
     calls = draw(st.integers(1, 2))
     for k in range(calls):
-        think = g.block(g.THINK, draw(prose(CAPS.think)))
-        plan = g.block(g.PLAN, draw(prose(CAPS.plan))) + "\n" if draw(st.booleans()) else ""
+        think = g.block(g.THINK, draw(sentence(CAPS.think)))
+        plan = g.block(g.PLAN, draw(sentence(CAPS.plan))) + "\n" if draw(st.booleans()) else ""
         if observed and draw(st.booleans()):
             action = g.tool_call_text(g.CRAWL_PAGE, [draw(st.sampled_from(observed))])
         else:
@@ -69,10 +74,10 @@ def agent(draw, pool: list[str]):
         observed += [u for u in shown if u not in observed]
     cited = draw(st.lists(st.sampled_from(observed), min_size=1, max_size=CAPS.answer_sentences))
     answer = " ".join(f"{draw(prose(CAPS.answer_sentence))} [{u}]." for u in cited)
-    text = g.block(g.THINK, draw(prose(CAPS.think))) + "\n" + g.block(g.SUBTASK_ANSWER, answer)
+    text = g.block(g.THINK, draw(sentence(CAPS.think))) + "\n" + g.block(g.SUBTASK_ANSWER, answer)
     steps.append((text, list(observed), True, True))
     parts.append(text)
-    run = SubtaskRun(draw(prose(CAPS.subtask_line)), "\n".join(parts), answer,
+    run = SubtaskRun(draw(sentence(CAPS.subtask_line)), "\n".join(parts), answer,
                      [(u, f"Title {u[-1]}") for u in observed])
     return run, steps
 
@@ -165,23 +170,41 @@ def test_citing_or_crawling_what_was_never_observed_is_rejected(accepts, t, data
 def test_every_free_text_block_is_capped(accepts):
     """A model that never closes its <think> is cut off by the grammar, not by the token limit."""
     guide = g.step_guide([], caps=CAPS)
-    assert accepts(guide, g.block(g.THINK, "x" * (CAPS.think - 2)) + "\n" + g.tool_call_text(g.WEB_SEARCH, ["qq"], 3))
+    assert accepts(guide, g.block(g.THINK, "x" * (CAPS.think - 2) + ".") + "\n" +
+                   g.tool_call_text(g.WEB_SEARCH, ["qq"], 3))
     assert not accepts(guide, g.block(g.THINK, "x" * (CAPS.think + 10)) + "\n" +
                        g.tool_call_text(g.WEB_SEARCH, ["qq"], 3))
     assert guide.max_tokens * 2 >= guide.max_chars  # the token budget fits the longest text the grammar allows
     for inside in ("a <plan> b", "a </think> b", "x < y"):  # free text never holds a tag, or what could start one
         raw = f"<think>\n{inside}\n</think>\n"  # as a model writes it (block() would escape it)
         assert not accepts(guide, raw + g.tool_call_text(g.WEB_SEARCH, ["qq"], 3)), inside
-    assert accepts(guide, g.block(g.THINK, "a <plan> b") + "\n" + g.tool_call_text(g.WEB_SEARCH, ["qq"], 3))
+    assert accepts(guide, g.block(g.THINK, "a <plan> b.") + "\n" + g.tool_call_text(g.WEB_SEARCH, ["qq"], 3))
+
+
+def test_blocks_close_after_a_sentence_end(accepts):
+    """A teacher cut off at its cap mid-sentence would teach a student to close blocks at a character count it
+    cannot see: think, plan, a subtask line and an answer's last words end with ".", "!" or "?"."""
+    search = "\n" + g.tool_call_text(g.WEB_SEARCH, ["qq"], 3)
+    guide = g.step_guide([], caps=CAPS)
+    for ending in (".", "!", "?", ".\n"):
+        assert accepts(guide, f"<think>\nI search for it{ending}</think>{search}"), ending
+    assert not accepts(guide, g.block(g.THINK, "I search for the") + search)
+    assert not accepts(guide, g.block(g.THINK, "Fine.") + "\n" + g.block(g.PLAN, "then the") + search)
+    assert not accepts(g.planner_guide(1, 1, CAPS), "1. The causes of the\n")
+    url = POOL[0]
+    answers = g.answer_guide([url], CAPS)
+    assert accepts(answers, g.block(g.SUBTASK_ANSWER, f"A claim [{url}]."))
+    assert accepts(answers, g.block(g.SUBTASK_ANSWER, f"A claim [{url}] and so it went."))
+    assert not accepts(answers, g.block(g.SUBTASK_ANSWER, f"A claim [{url}] and so it"))
 
 
 def test_planner_grammar_counts_its_items(accepts):
     guide = g.planner_guide(2, 3, CAPS)
-    assert accepts(guide, "1. First subtask here\n2. Second subtask here\n")
-    assert accepts(guide, "1. First subtask here\n2. Second subtask here\n3. Third one\n")
-    assert not accepts(guide, "1. Only one subtask here\n")
-    assert not accepts(guide, "1. a one\n2. b two\n3. c three\n4. d four\n")
-    assert not accepts(guide, "1. First <think> here\n2. Second\n")
+    assert accepts(guide, "1. First subtask here.\n2. Second subtask here?\n")
+    assert accepts(guide, "1. First subtask here.\n2. Second subtask here.\n3. Third one.\n")
+    assert not accepts(guide, "1. Only one subtask here.\n")
+    assert not accepts(guide, "1. a one.\n2. b two.\n3. c three.\n4. d four.\n")
+    assert not accepts(guide, "1. First <think> here.\n2. Second.\n")
 
 
 def test_score_form_is_read_back(accepts):
