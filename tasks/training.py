@@ -28,7 +28,9 @@ def checkpoint_dir(cfg: Settings, stage: str, dataset_version: str):
     return cfg.paths.checkpoints / f"{stage}-{dataset_version}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
-@task(name="fine-tune", cache_policy=NO_CACHE)
+# The training tasks do not log prints: `datasets` fingerprints functions through dill, which reads their bytecode by
+# capturing what `dis.dis` prints; under Prefect's print capture that listing went to the run's logs instead.
+@task(name="fine-tune", cache_policy=NO_CACHE, log_prints=False)
 def fine_tune(cfg: Settings, config_path: str, overrides: list[str], dataset_version: str, records: list[dict],
               mlflow, run_id: str) -> dict:
     """SFT with `train/*` metrics on the stage's MLflow run: in this process, or launched across processes."""
@@ -113,7 +115,7 @@ def grpo_checkpoint_dir(cfg: Settings, start_version: str):
     return cfg.paths.checkpoints / f"grpo-v{start_version}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
-@task(name="reinforce", cache_policy=NO_CACHE)
+@task(name="reinforce", cache_policy=NO_CACHE, log_prints=False)
 def reinforce(cfg: Settings, config_path: str, overrides: list[str], start_dir: str, start_version: str,
               queries: list[str], mlflow, run_id: str) -> dict:
     """GRPO with `train/*` metrics (reward terms, format rate, tool calls) on the stage's MLflow run: in this

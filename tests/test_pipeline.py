@@ -152,6 +152,9 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
     held = result["heldout"]
     assert list(held["results"]) == ["base", "sft", "grpo"]
     assert held["models"]["grpo"] == "models:/o-researcher-policy@challenger" and held["sample"]["trace"]
+    rows = json.loads(artifacts["heldout"]) if isinstance(artifacts["heldout"], str) else artifacts["heldout"]
+    assert [r["model"] for r in rows] == ["base", "sft", "grpo"]  # the table, also in the Prefect UI
+    assert [r["format valid"] for r in rows] == [round(held["results"][m]["valid"], 3) for m in ("base", "sft", "grpo")]
     from oresearcher.cli import _training_lines
 
     printed = _training_lines(result, "o-researcher-policy")
@@ -164,6 +167,7 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
     assert not [p for p in written if SECRET.encode() in p.read_bytes()]
     logs = asyncio.run(_prefect_logs())
     assert "seeds, 0 already done" in logs and SECRET not in logs
+    assert "LOAD_GLOBAL" not in logs  # no bytecode listing from the training stages' dataset fingerprints
 
 
 async def _prefect_view() -> tuple[list[str], dict[str, float]]:
