@@ -152,25 +152,7 @@ def test_zero_variance_counts_only_consecutive_steps():
     assert "no reward variance" in guard.check(4, flat)
 
 
-TRAIN_SCRIPT = """
-import json, sys
-sys.path.insert(0, "tests")
-from transformers import TrainerCallback
-import oresearcher.grpo as grpo
-from oresearcher.config import load_config
-from oresearcher.judge import Judge
-from models.llm import make_client
-
-class Steps(TrainerCallback):
-    def on_step_end(self, args, state, control, **kw):
-        print(json.dumps({"step": state.global_step}), flush=True)
-
-cfg = load_config("configs/tiny.yaml", json.loads(sys.argv[1]))
-judge = Judge(make_client(cfg.filter.judge.model, cache_dir=cfg.paths.cache), cfg.filter.judge)
-out = grpo.train_grpo(cfg, sys.argv[3], ["What caused the Black Death?"], __import__("pathlib").Path(sys.argv[2]),
-                      judge, callbacks=[Steps()])
-print(json.dumps({"done": out["steps"], "resumed_from": out["resumed_from"]}), flush=True)
-"""
+TRAIN = str(REPO / "tests" / "train_until_killed.py")
 
 
 def test_a_killed_grpo_run_resumes_from_its_last_checkpoint_without_repeating_steps(parrot, tmp_path):
@@ -180,7 +162,7 @@ def test_a_killed_grpo_run_resumes_from_its_last_checkpoint_without_repeating_st
                  "grpo.queries_per_step=1", "grpo.max_steps=4", "grpo.save_steps=1", "grpo.guard.zero_variance_steps=9",
                  "grpo.temperature=0.2",
                  f"paths.cache_dir={CACHE}", f"paths.data_dir={tmp_path / 'data'}"]
-    cmd = [sys.executable, "-c", TRAIN_SCRIPT, json.dumps(overrides), str(tmp_path / "run"), parrot]
+    cmd = [sys.executable, TRAIN, "grpo", json.dumps(overrides), str(tmp_path / "run"), parrot]
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                              start_new_session=True)
     deadline = time.monotonic() + 600

@@ -53,29 +53,13 @@ def test_lora_sft_lowers_the_loss_and_moves_only_adapter_weights(settings_factor
     assert (Path(out["model_dir"]) / "adapter_config.json").is_file()
 
 
-TRAIN_SCRIPT = """
-import json, sys
-sys.path.insert(0, "tests")
-from traces import valid_trace
-from transformers import TrainerCallback
-from oresearcher.config import load_config
-from oresearcher.sft import train_sft
-
-class Steps(TrainerCallback):
-    def on_step_end(self, args, state, control, **kw):
-        print(json.dumps({"step": state.global_step}), flush=True)
-
-cfg = load_config("configs/tiny.yaml", json.loads(sys.argv[1]))
-recs = [{"query": f"q{i}", "trace": valid_trace()} for i in range(4)]
-out = train_sft(cfg, recs, __import__("pathlib").Path(sys.argv[2]), callbacks=[Steps()])
-print(json.dumps({"done": out["steps"], "resumed_from": out["resumed_from"]}), flush=True)
-"""
+TRAIN = str(REPO / "tests" / "train_until_killed.py")
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_without_repeating_steps(tiny, tmp_path):
     overrides = [f"model.name={tiny}", "sft.max_steps=12", "sft.save_steps=2", "sft.learning_rate=0.01",
                  f"paths.cache_dir={os.environ.get('ORESEARCHER_CACHE', '~/.cache/oresearcher')}"]
-    cmd = [sys.executable, "-c", TRAIN_SCRIPT, json.dumps(overrides), str(tmp_path / "run")]
+    cmd = [sys.executable, TRAIN, "sft", json.dumps(overrides), str(tmp_path / "run")]
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 300
     while not (tmp_path / "run" / "checkpoint-4").is_dir():  # pulled as the second checkpoint is being written
