@@ -40,6 +40,7 @@ lint: install
 bench: install
 	$(PY) benchmarks/search.py
 	$(PY) benchmarks/synthesis.py
+	$(PY) benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) .cache

@@ -1,17 +1,21 @@
 """Training benchmark: our SFT stage and one GRPO step against bare TRL scripts, on the same data, model and settings.
 
-    python benchmarks/training.py [--model smollm2-135m-instruct] [--sft-steps 4]
+    python benchmarks/training.py [--model smollm2-135m-instruct] [--sft-steps 4] [--start checkpoints/sft-.../final]
 
 Prints, measured side by side in one run, tokens/s and the ratio ours / bare:
 1. SFT: `oresearcher.sft.train_sft` (our samples with observations masked, MLflow metrics every step into a
    temporary SQLite tracking store) against a bare `SFTTrainer` on TRL's own prompt-completion format (loss on the
-   completion) with the same LoRA adapters, learning rate, length and step count. Same traces: the latest
-   filtered version in data/ (what `make run` leaves), or the tests' research traces when there is none.
+   completion) with the same LoRA adapters, learning rate, precision, length and step count. Same traces: the
+   latest filtered version in data/ (what `make run` leaves), or the tests' research traces when there is none.
+   Each side trains twice, in the order bare, ours, ours, bare, so warm-up and drift on a shared machine fall on
+   both alike.
 2. GRPO, one step: `oresearcher.grpo.train_grpo` (rollouts by the policy runtime, tool calls answered by the local
    research environment, three reward terms with the judge) against a bare `GRPOTrainer` generating single-turn
    completions of the same length with TRL's own sampler and a format reward. The workloads differ by design
    (ours searches and reads; bare TRL cannot), so the number compared is tokens through the step per second, and
-   the rollout and reward time of ours is printed apart.
+   the rollout and reward time of ours is printed apart. The rollouts have `make run`'s shape (configs/tiny.yaml:
+   its turn, tool-call and token caps, its group size) unless the options shrink them; `--start` gives the
+   trained version `make run` starts GRPO from (an SFT adapter folder), which calls tools, where the base does not.
 Our overhead is 1 - ours/bare where ours is slower; the goal is under 5%.
 """
 
@@ -74,7 +78,7 @@ def sft_bare(cfg, records, steps: int, out: Path) -> tuple[float, int]:
     args = SFTConfig(output_dir=str(out / "bare"), max_steps=steps, learning_rate=s.learning_rate,
                      per_device_train_batch_size=s.batch_size, max_length=s.max_length or cfg.train.max_seq_len,
                      logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
-                     dataloader_num_workers=0, seed=s.seed, warmup_steps=s.warmup_ratio)
+                     dataloader_num_workers=0, seed=s.seed, warmup_steps=s.warmup_ratio, bf16=cfg.train.bf16_enabled())
     lora = LoraConfig(task_type="CAUSAL_LM", r=s.adapter.r, lora_alpha=s.adapter.alpha, lora_dropout=s.adapter.dropout,
                       target_modules=s.adapter.target_modules)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(
@@ -94,7 +98,8 @@ def grpo_ours(cfg, start: str, queries: list[str], out: Path) -> dict:
     finally:
         run_sync(judge.client.aclose())
     [step] = result["history"]
-    return {"tokens": step["num_tokens"], "seconds": step["step_time"], "model_tokens": step["completions/mean_length"]}
+    return {"tokens": step["num_tokens"], "seconds": step["step_time"], "model_tokens": step["completions/mean_length"],
+            "tool_calls": step["tools/calls_mean"]}
 
 
 def grpo_bare(cfg, start: str, queries: list[str], completion_tokens: int, out: Path) -> dict:
@@ -119,7 +124,7 @@ def grpo_bare(cfg, start: str, queries: list[str], completion_tokens: int, out: 
                       gradient_accumulation_steps=g.queries_per_step * g.num_generations // g.micro_batch_size,
                       max_completion_length=completion_tokens, temperature=g.temperature,
                       logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
-                      disable_dropout=True, seed=g.seed)
+                      disable_dropout=True, seed=g.seed, bf16=cfg.train.bf16_enabled())
     lora = LoraConfig(task_type="CAUSAL_LM", r=g.adapter.r, lora_alpha=g.adapter.alpha,
                       lora_dropout=g.adapter.dropout, target_modules=g.adapter.target_modules)
     trainer = GRPOTrainer(model=model, reward_funcs=[fmt], args=args, processing_class=tok, peft_config=lora,
@@ -146,30 +151,43 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--sft-steps", type=int, default=4)
-    p.add_argument("--samples", type=int, default=4, help="traces (SFT) and queries (GRPO)")
-    p.add_argument("--max-new-tokens", type=int, default=160, help="GRPO: tokens per rollout generation")
+    p.add_argument("--samples", type=int, default=4, help="traces (SFT) and rollouts of the GRPO step")
+    p.add_argument("--generations", type=int, default=None, help="GRPO group size (default: the config's)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="GRPO: tokens per rollout generation "
+                                                                    "(default: the config's, make run's shape)")
+    p.add_argument("--max-turns", type=int, default=None, help="GRPO: generations per rollout (default: the config's)")
+    p.add_argument("--start", default=None, help="GRPO: the trained version to start from (default: the base model)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        shape = [f"rollout.max_new_tokens={args.max_new_tokens}"] if args.max_new_tokens else []
+        shape += [f"rollout.max_turns={args.max_turns}"] if args.max_turns else []
+        shape += [f"grpo.num_generations={args.generations}"] if args.generations else []
         cfg = load_config(REPO / "configs" / "tiny.yaml", [
             f"model.name={args.model}", f"sft.max_steps={args.sft_steps}", "sft.save_steps=100000",
-            "grpo.max_steps=1", "grpo.num_generations=2", f"grpo.queries_per_step={args.samples // 2}",
-            "grpo.save_steps=100000", f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.max_turns=4",
+            "grpo.max_steps=1", "grpo.save_steps=100000", *shape,
             f"research.tape.path={out / 'tape.sqlite'}", "research.tape.mode=live",
             f"paths.data_dir={REPO / 'data'}"])
+        groups = max(1, args.samples // cfg.grpo.num_generations)
+        cfg = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"queries_per_step": groups})})
         records = traces(cfg)[: args.samples]
-        print(f"model {args.model}; {len(records)} traces, {args.sft_steps} SFT steps; one GRPO step of "
-              f"{args.samples // 2} queries x 2 rollouts", flush=True)
-        bare_s, bare_tok = sft_bare(cfg, records, args.sft_steps, out)
-        ours_s, ours_tok = sft_ours(cfg, records, args.sft_steps, out)
+        print(f"model {args.model}; {len(records)} traces, {args.sft_steps} SFT steps, twice each; one GRPO step of "
+              f"{groups} queries x {cfg.grpo.num_generations} rollouts (up to {cfg.rollout.max_turns} turns of "
+              f"{cfg.rollout.max_new_tokens} tokens) from {args.start or 'the base model'}", flush=True)
+        runs = {"bare": [], "ours": []}
+        for i, side in enumerate(("bare", "ours", "ours", "bare")):
+            train = sft_bare if side == "bare" else sft_ours
+            runs[side].append(train(cfg, records, args.sft_steps, out / f"sft-{i}"))
+        (bare_s, bare_tok), (ours_s, ours_tok) = ([sum(x) for x in zip(*runs[k], strict=True)] for k in ("bare", "ours"))
         print(ratio_line("SFT", ours_tok / ours_s, bare_tok / bare_s), flush=True)
-        start = resolve_model(args.model, cfg.paths.cache)
-        queries = [r["query"] for r in records][: args.samples // 2]
+        start = args.start or resolve_model(args.model, cfg.paths.cache)
+        queries = [r["query"] for r in records][:groups]
         ours = grpo_ours(cfg, start, queries, out)
+        print(f"  ours: {ours['model_tokens']:.0f} completion tokens per rollout on average, "
+              f"{ours['tool_calls']:.1f} tool calls", flush=True)
         bare = grpo_bare(cfg, start, queries, max(16, int(ours["model_tokens"])), out)
         print(ratio_line("GRPO step", ours["tokens"] / ours["seconds"], bare["tokens"] / bare["seconds"]))
-        print(json.dumps({"sft": {"ours": [ours_s, ours_tok], "bare": [bare_s, bare_tok]},
-                          "grpo": {"ours": ours, "bare": bare}}))
+        print(json.dumps({"sft": runs, "grpo": {"ours": ours, "bare": bare}}))
 
 
 if __name__ == "__main__":
