@@ -13,7 +13,7 @@ Prints, measured side by side in one run, tokens/s and the ratio ours / bare:
    research environment, three reward terms with the judge) against a bare `GRPOTrainer` generating single-turn
    completions of the same length with TRL's own sampler and a format reward. The workloads differ by design
    (ours searches and reads; bare TRL cannot), so the number compared is tokens through the step per second, and
-   the rollout and reward time of ours is printed apart. The rollouts have `make run`'s shape (configs/tiny.yaml:
+   ours' completion tokens and tool calls per rollout are printed beside it. The rollouts have `make run`'s shape (configs/tiny.yaml:
    its turn, tool-call and token caps, its group size) unless the options shrink them; `--start` gives the
    trained version `make run` starts GRPO from (an SFT adapter folder), which calls tools, where the base does not.
 Our overhead is 1 - ours/bare where ours is slower; the goal is under 5%.
@@ -177,6 +177,7 @@ def main() -> None:
         runs = {"bare": [], "ours": []}
         for i, side in enumerate(("bare", "ours", "ours", "bare")):
             train = sft_bare if side == "bare" else sft_ours
+            (out / f"sft-{i}").mkdir()
             runs[side].append(train(cfg, records, args.sft_steps, out / f"sft-{i}"))
         (bare_s, bare_tok), (ours_s, ours_tok) = ([sum(x) for x in zip(*runs[k], strict=True)] for k in ("bare", "ours"))
         print(ratio_line("SFT", ours_tok / ours_s, bare_tok / bare_s), flush=True)

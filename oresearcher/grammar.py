@@ -438,9 +438,9 @@ _PROSE = r"[^<\[\]#]"  # a sentence of an answer or report: no tags, no brackets
 def _text(cap: int, chars: str = _FREE, sentence: bool = False) -> str:
     """A free-text rule: a little white space, one visible character, then at most `cap` characters more;
     `sentence`: ending with ".", "!" or "?" (see `_SENTENCE_END`)."""
-    visible = chars[:-1] + r" \t\n]" if chars.startswith("[^") else chars
     if sentence:  # the end mark is the visible character; a newline may follow it, as `serialize` writes blocks
         return f'{_WS} {chars}{{0,{cap - 1}}} {_SENTENCE_END} "\\n"?'
+    visible = chars[:-1] + r" \t\n]" if chars.startswith("[^") else chars
     return f"{_WS} {visible} {chars}{{0,{cap}}}"
 
 
