@@ -378,7 +378,8 @@ def strip_citations(report: str) -> str:
 
 # The environment renders every search result and every page it shows as a markdown link `[title](url)`
 # (research/environment.py): those links are what the agent has observed, and the only URLs it may cite.
-_SOURCE_LINK_RE = re.compile(r"\[([^\]\n]*)\]\((https?://[^)\s]+)\)")
+# A URL may hold balanced parentheses (".../wiki/Amazon_(company)"): the link's own ")" is the one after them.
+_SOURCE_LINK_RE = re.compile(r"\[([^\]\n]*)\]\((https?://(?:[^()\s]|\([^()\s]*\))+)\)")
 
 
 def sources_in_observation(text: str) -> list[tuple[str, str]]:
@@ -433,21 +434,28 @@ _WS = r"[ \t\n]{0,4}"
 _FREE = r"[^<]"
 _LINE = r"[^<\n]"
 _PROSE = r"[^<\[\]#]"  # a sentence of an answer or report: no tags, no brackets (those are citations), no headings
+_REPORT_PROSE = r"[^<\[\]#\n]"  # a report's sentence stays in its paragraph
 
 
-def _text(cap: int, chars: str = _FREE, sentence: bool = False) -> str:
-    """A free-text rule: a little white space, one visible character, then at most `cap` characters more;
-    `sentence`: ending with ".", "!" or "?" (see `_SENTENCE_END`)."""
-    if sentence:  # the end mark is the visible character; a newline may follow it, as `serialize` writes blocks
-        return f'{_WS} {chars}{{0,{cap - 1}}} {_SENTENCE_END} "\\n"?'
-    visible = chars[:-1] + r" \t\n]" if chars.startswith("[^") else chars
-    return f"{_WS} {visible} {chars}{{0,{cap}}}"
+def _text(cap: int, chars: str = _FREE, last: str | None = None) -> str:
+    """A free-text rule: a little white space, one visible character, then at most `cap` characters more; with
+    `last`, at most `cap` characters, the last of them matching `last` (`_SENTENCE`, or a visible character)."""
+    if last:
+        return f"{_WS} {chars}{{0,{cap - 1}}} {last}"
+    return f"{_WS} {_visible(chars)} {chars}{{0,{cap}}}"
+
+
+def _visible(chars: str) -> str:
+    """`chars` without white space."""
+    return chars[:-1] + r" \t\n]" if chars.startswith("[^") else chars
 
 
 # A small teacher rarely closes a block on its own: it writes until the cap, and the grammar closes the block there,
 # mid-word. A student trained on such traces cannot see when a block ends (after N characters, which it does not
 # count). Blocks that close after a sentence end give it a cue it can see: at the cap, the grammar asks for the stop.
-_SENTENCE_END = "[.!?]"
+# The same holds for answers and reports: each claim ends "word [source]." rather than wherever the cap fell.
+_SENTENCE_END = "[.!?。！？]"
+_SENTENCE = f'{_SENTENCE_END} "\\n"?'  # a newline may follow, as `serialize` writes blocks
 
 
 def _repeat(item: str, lo: int, hi: int) -> str:
@@ -503,8 +511,8 @@ def step_guide(observed: list[str], *, may_call: bool = True, may_answer: bool =
     if observed:
         rules["url"] = _alt(observed)
     head = {"root": f'{_block(THINK, "think")} ws (plan ws)? ({" | ".join(actions)})',
-            "think": _text(caps.think, sentence=True), "plan": _block(PLAN, "plantext"),
-            "plantext": _text(caps.plan, sentence=True),
+            "think": _text(caps.think, last=_SENTENCE), "plan": _block(PLAN, "plantext"),
+            "plantext": _text(caps.plan, last=_SENTENCE),
             "ws": _WS}
     longest = max((len(u) for u in observed), default=0)
     action = max(caps.queries * (caps.query + 3) + 40, longest + 30,
@@ -522,10 +530,11 @@ def answer_guide(observed: list[str], caps=None) -> Guide:
 
 
 def _answer_rules(caps) -> dict[str, str]:
-    # prose and citations alternate, so each citation follows a claim: "claim [URL]. claim [URL] tail"
-    return {"answer": _block(SUBTASK_ANSWER, _repeat("(asent cite)", 1, caps.answer_sentences) + " atail?"),
-            "asent": _text(caps.answer_sentence, _PROSE), "cite": '"[" url "]"',
-            "atail": _text(caps.answer_sentence, _PROSE, sentence=True)}
+    # each claim ends with its citation and a sentence end: "claim [URL]. claim [URL]. tail."
+    return {"answer": _block(SUBTASK_ANSWER, _repeat("claim", 1, caps.answer_sentences) + " atail?"),
+            "claim": f'asent " [" url "]" {_SENTENCE}',
+            "asent": _text(caps.answer_sentence, _PROSE, last=_visible(_PROSE)),
+            "atail": _text(caps.answer_sentence, _PROSE, last=_SENTENCE)}
 
 
 def _answer_chars(caps, longest_url: int) -> int:
@@ -533,16 +542,17 @@ def _answer_chars(caps, longest_url: int) -> int:
 
 
 def report_guide(n_sources: int, caps=None) -> Guide:
-    """The summarizer's report: sections, each a heading and sentences, each section citing `[n]` (n one of the
-    `n_sources` numbered sources) after its first claim; the orchestrator renumbers them and writes References."""
+    """The summarizer's report: sections, each a heading and claims, each claim ending ` [n].` (n one of the
+    `n_sources` numbered sources); the orchestrator renumbers them and writes References."""
     caps = _caps(caps)
     if n_sources < 1:
         raise ValueError("a report cites its sources: with none there is nothing to cite")
     rules = {"root": _repeat("section", caps.min_sections, caps.max_sections),
-             "section": f'"## " heading "\\n" {_repeat("(rsent cite)", 1, caps.report_sentences)} rtail "\\n\\n"',
+             "section": f'"## " heading "\\n" {_repeat("claim", 1, caps.report_sentences)} "\\n\\n"',
+             "claim": f"rsent cite {_SENTENCE_END}",
              "heading": f"[^<\\[\\]\\n# \\t] [^<\\[\\]\\n#]{{2,{caps.heading}}}",
-             "rsent": _text(caps.report_sentence, r"[^<\[\]#\n]"), "rtail": r"[^<\[\]#\n]{0,20}",
-             "cite": f'"[" {_alt([str(n) for n in range(1, n_sources + 1)])} "]"'}
+             "rsent": _text(caps.report_sentence, _REPORT_PROSE, last=_visible(_REPORT_PROSE)),
+             "cite": f'" [" {_alt([str(n) for n in range(1, n_sources + 1)])} "]"'}
     per_section = caps.heading + 30 + caps.report_sentences * (caps.report_sentence + 12)
     return Guide("report", _gbnf(rules), caps.max_sections * per_section)
 

@@ -183,10 +183,10 @@ def test_every_free_text_block_is_capped(accepts):
 
 def test_blocks_close_after_a_sentence_end(accepts):
     """A teacher cut off at its cap mid-sentence would teach a student to close blocks at a character count it
-    cannot see: think, plan, a subtask line and an answer's last words end with ".", "!" or "?"."""
+    cannot see: think, plan, a subtask line, and each claim of an answer or report end with ".", "!" or "?"."""
     search = "\n" + g.tool_call_text(g.WEB_SEARCH, ["qq"], 3)
     guide = g.step_guide([], caps=CAPS)
-    for ending in (".", "!", "?", ".\n"):
+    for ending in (".", "!", "?", ".\n", "。"):
         assert accepts(guide, f"<think>\nI search for it{ending}</think>{search}"), ending
     assert not accepts(guide, g.block(g.THINK, "I search for the") + search)
     assert not accepts(guide, g.block(g.THINK, "Fine.") + "\n" + g.block(g.PLAN, "then the") + search)
@@ -194,8 +194,14 @@ def test_blocks_close_after_a_sentence_end(accepts):
     url = POOL[0]
     answers = g.answer_guide([url], CAPS)
     assert accepts(answers, g.block(g.SUBTASK_ANSWER, f"A claim [{url}]."))
-    assert accepts(answers, g.block(g.SUBTASK_ANSWER, f"A claim [{url}] and so it went."))
-    assert not accepts(answers, g.block(g.SUBTASK_ANSWER, f"A claim [{url}] and so it"))
+    assert accepts(answers, g.block(g.SUBTASK_ANSWER, f"A claim [{url}]. And so it went."))
+    for cut in (f"A claim [{url}] and so it went.", f"A claim [{url}]. And so it", f"A cla[{url}]."):
+        assert not accepts(answers, g.block(g.SUBTASK_ANSWER, cut)), cut
+    # a report's claim ends "word [n].": never a citation inside a word, a section never ends mid-sentence
+    reports, sections = g.report_guide(2, CAPS), "## Causes\nA claim [1]. Another one [2]!\n\n" * CAPS.min_sections
+    assert accepts(reports, sections)
+    for cut in ("A claim [1]\n\n", "A cla[1].\n\n", "A claim [1]. And so\n\n"):
+        assert not accepts(reports, sections + "## Effects\n" + cut), cut
 
 
 def test_planner_grammar_counts_its_items(accepts):

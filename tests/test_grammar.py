@@ -231,3 +231,10 @@ def test_think_again_after_plan_is_valid():
 def test_fabricated_missing_and_unmatched_references_stay_violations(change, rule):
     report = g.parse(valid_trace()).report
     assert rule in rules(valid_trace(report=change(report)))
+
+
+def test_a_url_with_parentheses_is_observed_whole():
+    """Wikipedia titles hold parentheses: a link's URL ends at its own ")", not the first one."""
+    url = "https://en.wikipedia.org/wiki/Amazon_(company)"
+    shown = f"1. [Amazon (company)]({url})\n2. [Silk]({URL}) and (an aside)"
+    assert g.sources_in_observation(shown) == [(url, "Amazon (company)"), (URL, "Silk")]
