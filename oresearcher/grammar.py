@@ -454,7 +454,8 @@ def _visible(chars: str) -> str:
 # mid-word. A student trained on such traces cannot see when a block ends (after N characters, which it does not
 # count). Blocks that close after a sentence end give it a cue it can see: at the cap, the grammar asks for the stop.
 # The same holds for answers and reports: each claim ends "word [source]." rather than wherever the cap fell.
-_SENTENCE_END = "[.!?。！？]"
+# ASCII marks only: offered "。！？" too, the small teacher ended English sentences with them.
+_SENTENCE_END = "[.!?]"
 _SENTENCE = f'{_SENTENCE_END} "\\n"?'  # a newline may follow, as `serialize` writes blocks
 
 
