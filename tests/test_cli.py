@@ -17,7 +17,8 @@ SEEDS = str(REPO / "seeds" / "default.jsonl")
 
 def cli(*args: str, home: Path, cwd: Path | None = None, **env_vars: str) -> tuple[subprocess.CompletedProcess, float]:
     """Run `oresearcher ARGS` with no Prefect server configured: a flow would start a temporary one in `home`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env = {k: v for k, v in os.environ.items()  # as a user's shell: no server, no settings the test suite made
+           if not k.startswith("PREFECT_API") and k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
     env.update(PREFECT_HOME=str(home), **env_vars)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "oresearcher.cli", *args], env=env, cwd=cwd or REPO,
@@ -137,6 +138,7 @@ def test_ingest_then_run_recorded_then_run_replayed(tmp_path):
     proc, _ = cli("ingest", SEEDS, *settings(recorded), home=tmp_path / "prefect")
     assert proc.returncode == 0 and proc.stdout.startswith("seed version "), proc.stderr[-2000:]
     assert "accepted 58" in proc.stdout and (recorded / "seeds" / "seeds.jsonl").is_file()
+    assert "telemetry" not in proc.stderr  # offline, the temporary server's telemetry would log an ERROR
     with TeacherAPI(latency_s=0.0) as api:
         proc, _ = cli("run", *settings(recorded, f"synthesis.teacher.base_url={api.base_url}"),
                       home=tmp_path / "prefect")
