@@ -433,8 +433,12 @@ def _gbnf(rules: dict[str, str]) -> str:
 _WS = r"[ \t\n]{0,4}"
 _FREE = r"[^<]"
 _LINE = r"[^<\n]"
-_PROSE = r"[^<\[\]#]"  # a sentence of an answer or report: no tags, no brackets (those are citations), no headings
-_REPORT_PROSE = r"[^<\[\]#\n]"  # a report's sentence stays in its paragraph
+# A claim of an answer or report: no tags, no brackets (those are citations), no headings, and no sentence end: each
+# claim is one sentence, closed by its citation and then ".", "!" or "?". So every sentence end in an answer or a
+# report follows a citation, the pattern a student can learn (a small teacher otherwise strings several uncited
+# sentences together before the one its citation ends). The cost: no decimal point ("3.5") inside a claim.
+_CLAIM = r"[^<\[\]#.!?]"
+_REPORT_CLAIM = r"[^<\[\]#\n.!?]"  # a report's claim stays in its paragraph
 
 
 def _text(cap: int, chars: str = _FREE, last: str | None = None) -> str:
@@ -531,11 +535,10 @@ def answer_guide(observed: list[str], caps=None) -> Guide:
 
 
 def _answer_rules(caps) -> dict[str, str]:
-    # each claim ends with its citation and a sentence end: "claim [URL]. claim [URL]. tail."
-    return {"answer": _block(SUBTASK_ANSWER, _repeat("claim", 1, caps.answer_sentences) + " atail?"),
+    # each claim ends with its citation and a sentence end: "claim [URL]. claim [URL]."
+    return {"answer": _block(SUBTASK_ANSWER, _repeat("claim", 1, caps.answer_sentences)),
             "claim": f'asent " [" url "]" {_SENTENCE}',
-            "asent": _text(caps.answer_sentence, _PROSE, last=_visible(_PROSE)),
-            "atail": _text(caps.answer_sentence, _PROSE, last=_SENTENCE)}
+            "asent": _text(caps.answer_sentence, _CLAIM, last=_visible(_CLAIM))}
 
 
 def _answer_chars(caps, longest_url: int) -> int:
@@ -552,7 +555,7 @@ def report_guide(n_sources: int, caps=None) -> Guide:
              "section": f'"## " heading "\\n" {_repeat("claim", 1, caps.report_sentences)} "\\n\\n"',
              "claim": f"rsent cite {_SENTENCE_END}",
              "heading": f"[^<\\[\\]\\n# \\t] [^<\\[\\]\\n#]{{2,{caps.heading}}}",
-             "rsent": _text(caps.report_sentence, _REPORT_PROSE, last=_visible(_REPORT_PROSE)),
+             "rsent": _text(caps.report_sentence, _REPORT_CLAIM, last=_visible(_REPORT_CLAIM)),
              "cite": f'" [" {_alt([str(n) for n in range(1, n_sources + 1)])} "]"'}
     per_section = caps.heading + 30 + caps.report_sentences * (caps.report_sentence + 12)
     return Guide("report", _gbnf(rules), caps.max_sections * per_section)

@@ -183,7 +183,8 @@ def test_every_free_text_block_is_capped(accepts):
 
 def test_blocks_close_after_a_sentence_end(accepts):
     """A teacher cut off at its cap mid-sentence would teach a student to close blocks at a character count it
-    cannot see: think, plan, a subtask line, and each claim of an answer or report end with ".", "!" or "?"."""
+    cannot see: think, plan, a subtask line, and each claim of an answer or report end with ".", "!" or "?";
+    a claim is one sentence, its citation right before its end."""
     search = "\n" + g.tool_call_text(g.WEB_SEARCH, ["qq"], 3)
     guide = g.step_guide([], caps=CAPS)
     for ending in (".", "!", "?", ".\n"):
@@ -194,13 +195,14 @@ def test_blocks_close_after_a_sentence_end(accepts):
     url = POOL[0]
     answers = g.answer_guide([url], CAPS)
     assert accepts(answers, g.block(g.SUBTASK_ANSWER, f"A claim [{url}]."))
-    assert accepts(answers, g.block(g.SUBTASK_ANSWER, f"A claim [{url}]. And so it went."))
-    for cut in (f"A claim [{url}] and so it went.", f"A claim [{url}]. And so it", f"A cla[{url}]."):
+    assert accepts(answers, g.block(g.SUBTASK_ANSWER, f"A claim [{url}]. Another one [{url}]!"))
+    # each claim is one sentence that ends with its citation: no uncited sentence, no citation inside a word
+    for cut in (f"A claim [{url}] and so it went.", f"A claim [{url}]. And so it went.", f"A cla[{url}].",
+                f"A claim. Another one [{url}]."):
         assert not accepts(answers, g.block(g.SUBTASK_ANSWER, cut)), cut
-    # a report's claim ends "word [n].": never a citation inside a word, a section never ends mid-sentence
     reports, sections = g.report_guide(2, CAPS), "## Causes\nA claim [1]. Another one [2]!\n\n" * CAPS.min_sections
     assert accepts(reports, sections)
-    for cut in ("A claim [1]\n\n", "A cla[1].\n\n", "A claim [1]. And so\n\n"):
+    for cut in ("A claim [1]\n\n", "A cla[1].\n\n", "A claim [1]. And so\n\n", "A claim. Another one [1].\n\n"):
         assert not accepts(reports, sections + "## Effects\n" + cut), cut
 
 
