@@ -78,7 +78,8 @@ def sft_bare(cfg, records, steps: int, out: Path) -> tuple[float, int]:
     args = SFTConfig(output_dir=str(out / "bare"), max_steps=steps, learning_rate=s.learning_rate,
                      per_device_train_batch_size=s.batch_size, max_length=s.max_length or cfg.train.max_seq_len,
                      logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
-                     dataloader_num_workers=0, seed=s.seed, warmup_steps=s.warmup_ratio, bf16=cfg.train.bf16_enabled())
+                     dataloader_num_workers=0, seed=s.seed, warmup_steps=s.warmup_ratio, bf16=cfg.train.bf16_enabled(),
+                     gradient_checkpointing=False)  # TRL's default is on; ours is off: same settings on both sides
     lora = LoraConfig(task_type="CAUSAL_LM", r=s.adapter.r, lora_alpha=s.adapter.alpha, lora_dropout=s.adapter.dropout,
                       target_modules=s.adapter.target_modules)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(
@@ -124,7 +125,8 @@ def grpo_bare(cfg, start: str, queries: list[str], completion_tokens: int, out: 
                       gradient_accumulation_steps=g.queries_per_step * g.num_generations // g.micro_batch_size,
                       max_completion_length=completion_tokens, temperature=g.temperature,
                       logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
-                      disable_dropout=True, seed=g.seed, bf16=cfg.train.bf16_enabled())
+                      disable_dropout=True, seed=g.seed, bf16=cfg.train.bf16_enabled(),
+                      gradient_checkpointing=False)  # as ours (TRL's default is on)
     lora = LoraConfig(task_type="CAUSAL_LM", r=g.adapter.r, lora_alpha=g.adapter.alpha,
                       lora_dropout=g.adapter.dropout, target_modules=g.adapter.target_modules)
     trainer = GRPOTrainer(model=model, reward_funcs=[fmt], args=args, processing_class=tok, peft_config=lora,
