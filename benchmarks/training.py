@@ -110,12 +110,13 @@ def grpo_bare(cfg, start: str, queries: list[str], completion_tokens: int, out: 
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    from models.resolve import load_policy
+    from models.resolve import is_adapter, load_policy
     from oresearcher.criteria import TraceView, reward_terms
     from oresearcher.sft import policy_messages
 
     g = cfg.grpo
-    model, tok = load_policy(start, cfg.model.name, cfg.paths.cache)
+    adapter = is_adapter(start)  # as ours: an SFT adapter trains on; a full model gets new LoRA adapters
+    model, tok = load_policy(start, cfg.model.name, cfg.paths.cache, trainable=adapter)
 
     def fmt(prompts, completions, **_):
         return [reward_terms(TraceView.of("q", c[0]["content"]), cfg.filter.rules)["format"] for c in completions]
@@ -127,8 +128,8 @@ def grpo_bare(cfg, start: str, queries: list[str], completion_tokens: int, out: 
                       logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
                       disable_dropout=True, seed=g.seed, bf16=cfg.train.bf16_enabled(),
                       gradient_checkpointing=False)  # as ours (TRL's default is on)
-    lora = LoraConfig(task_type="CAUSAL_LM", r=g.adapter.r, lora_alpha=g.adapter.alpha,
-                      lora_dropout=g.adapter.dropout, target_modules=g.adapter.target_modules)
+    lora = None if adapter else LoraConfig(task_type="CAUSAL_LM", r=g.adapter.r, lora_alpha=g.adapter.alpha,
+                                           lora_dropout=g.adapter.dropout, target_modules=g.adapter.target_modules)
     trainer = GRPOTrainer(model=model, reward_funcs=[fmt], args=args, processing_class=tok, peft_config=lora,
                           train_dataset=Dataset.from_list([{"prompt": policy_messages(q)} for q in queries]))
     trainer.train()
@@ -152,7 +153,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--sft-steps", type=int, default=4)
+    p.add_argument("--sft-steps", type=int, default=4, help="0: only the GRPO step")
     p.add_argument("--samples", type=int, default=4, help="traces (SFT) and rollouts of the GRPO step")
     p.add_argument("--generations", type=int, default=None, help="GRPO group size (default: the config's)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="GRPO: tokens per rollout generation "
@@ -177,12 +178,14 @@ def main() -> None:
               f"{groups} queries x {cfg.grpo.num_generations} rollouts (up to {cfg.rollout.max_turns} turns of "
               f"{cfg.rollout.max_new_tokens} tokens) from {args.start or 'the base model'}", flush=True)
         runs = {"bare": [], "ours": []}
-        for i, side in enumerate(("bare", "ours", "ours", "bare")):
+        for i, side in enumerate(("bare", "ours", "ours", "bare") if args.sft_steps > 0 else ()):
             train = sft_bare if side == "bare" else sft_ours
             (out / f"sft-{i}").mkdir()
             runs[side].append(train(cfg, records, args.sft_steps, out / f"sft-{i}"))
-        (bare_s, bare_tok), (ours_s, ours_tok) = ([sum(x) for x in zip(*runs[k], strict=True)] for k in ("bare", "ours"))
-        print(ratio_line("SFT", ours_tok / ours_s, bare_tok / bare_s), flush=True)
+        if args.sft_steps > 0:
+            (bare_s, bare_tok), (ours_s, ours_tok) = ([sum(x) for x in zip(*runs[k], strict=True)]
+                                                      for k in ("bare", "ours"))
+            print(ratio_line("SFT", ours_tok / ours_s, bare_tok / bare_s), flush=True)
         start = args.start or resolve_model(args.model, cfg.paths.cache)
         queries = [r["query"] for r in records][:groups]
         ours = grpo_ours(cfg, start, queries, out)
