@@ -167,7 +167,7 @@ def main() -> None:
         shape += [f"rollout.max_turns={args.max_turns}"] if args.max_turns else []
         shape += [f"grpo.num_generations={args.generations}"] if args.generations else []
         cfg = load_config(REPO / "configs" / "tiny.yaml", [
-            f"model.name={args.model}", f"sft.max_steps={args.sft_steps}", "sft.save_steps=100000",
+            f"model.name={args.model}", f"sft.max_steps={max(1, args.sft_steps)}", "sft.save_steps=100000",
             "grpo.max_steps=1", "grpo.save_steps=100000", *shape,
             f"research.tape.path={out / 'tape.sqlite'}", "research.tape.mode=live",
             f"paths.data_dir={REPO / 'data'}"])
