@@ -174,7 +174,8 @@ def main() -> None:
         groups = max(1, args.samples // cfg.grpo.num_generations)
         cfg = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"queries_per_step": groups})})
         records = traces(cfg)[: args.samples]
-        print(f"model {args.model}; {len(records)} traces, {args.sft_steps} SFT steps, twice each; one GRPO step of "
+        sft = f"{len(records)} traces, {args.sft_steps} SFT steps, twice each" if args.sft_steps > 0 else "no SFT"
+        print(f"model {args.model}; {sft}; one GRPO step of "
               f"{groups} queries x {cfg.grpo.num_generations} rollouts (up to {cfg.rollout.max_turns} turns of "
               f"{cfg.rollout.max_new_tokens} tokens) from {args.start or 'the base model'}", flush=True)
         runs = {"bare": [], "ours": []}
