@@ -1,6 +1,7 @@
 """Training benchmark: our SFT stage and one GRPO step against bare TRL scripts, on the same data, model and settings.
 
     python benchmarks/training.py [--model smollm2-135m-instruct] [--sft-steps 4] [--start checkpoints/sft-.../final]
+    python benchmarks/training.py --start checkpoints/sft-.../final --sft-steps 0    # the GRPO step alone
 
 Prints, measured side by side in one run, tokens/s and the ratio ours / bare:
 1. SFT: `oresearcher.sft.train_sft` (our samples with observations masked, MLflow metrics every step into a
@@ -13,9 +14,10 @@ Prints, measured side by side in one run, tokens/s and the ratio ours / bare:
    research environment, three reward terms with the judge) against a bare `GRPOTrainer` generating single-turn
    completions of the same length with TRL's own sampler and a format reward. The workloads differ by design
    (ours searches and reads; bare TRL cannot), so the number compared is tokens through the step per second, and
-   ours' completion tokens and tool calls per rollout are printed beside it. The rollouts have `make run`'s shape (configs/tiny.yaml:
-   its turn, tool-call and token caps, its group size) unless the options shrink them; `--start` gives the
-   trained version `make run` starts GRPO from (an SFT adapter folder), which calls tools, where the base does not.
+   ours' completion tokens and tool calls per rollout are printed beside it. The rollouts have `make run`'s shape
+   (configs/tiny.yaml: its turn, tool-call and token caps, its group size) unless the options shrink them;
+   `--start` gives the trained version `make run` starts GRPO from (an SFT adapter folder), which calls tools,
+   where the base does not. Both sides train that adapter on, without gradient checkpointing (TRL's default).
 Our overhead is 1 - ours/bare where ours is slower; the goal is under 5%.
 """
 
