@@ -88,6 +88,39 @@ def test_a_grpo_step_runs_tool_calls_through_the_runtime_and_logs_each_reward_te
     assert (Path(out["model_dir"]) / "adapter_config.json").is_file()
 
 
+def test_rollout_decoding_skips_the_trainers_autocast_and_reuses_the_previous_turn():
+    """accelerate wraps a bf16 model's forward in autocast; rollouts on a CPU decode without it (float32 weights,
+    no per-token re-cast), and training's forward has it again afterwards."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from models.llm import ChatRequest
+    from models.tiny import build_tiny_model
+    from oresearcher.grpo import TrainerModelBackend, run_sync
+
+    tiny = build_tiny_model()
+    try:
+        model = Accelerator(cpu=True, mixed_precision="bf16").prepare(AutoModelForCausalLM.from_pretrained(tiny))
+        autocast_seen: list[bool] = []
+        model.model.layers[0].register_forward_pre_hook(
+            lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
+        backend = TrainerModelBackend(model, AutoTokenizer.from_pretrained(tiny), max_batch=1, max_context=256)
+        first = run_sync(backend.generate(ChatRequest((("user", QUERY),), max_tokens=4, temperature=0.0, top_p=1.0)))
+        # the next turn of the rollout continues the trace: its prefill starts from the step's cached prefix
+        run_sync(backend.generate(ChatRequest((("user", QUERY), ("assistant", first.choices[0].text + " <obs>")),
+                                              max_tokens=4, temperature=0.0, top_p=1.0)))
+        run_sync(backend.aclose())
+        assert backend.engine.prefix.hits == 1
+        assert autocast_seen and not any(autocast_seen)  # prefill and every decoded token
+        with torch.no_grad():
+            model(input_ids=torch.tensor([[1, 2, 3]]))
+        assert autocast_seen[-1] is True  # the trainer's own forward: mixed precision as configured
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def test_observation_tokens_carry_no_loss(settings_factory, parrot, tmp_path):
     from transformers import AutoTokenizer
 

@@ -272,8 +272,9 @@ class ContinuousEngine:
         ids = torch.tensor(prompt)
         reused, start = self.prefix.lookup(ids)
         cache = DynamicCache(ddp_cache_data=reused) if reused else DynamicCache()
+        # logits of the last position only: the others' (length x vocabulary) would be computed and dropped
         out = self.model(input_ids=ids[None, start:], position_ids=torch.arange(start, len(prompt))[None],
-                         past_key_values=cache, use_cache=True)
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
         kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self.prefix.store(ids, kv)
         self.stats["prefill_tokens"] += len(prompt) - start
