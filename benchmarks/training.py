@@ -10,11 +10,13 @@ Prints, measured side by side in one run, tokens/s and the ratio ours / bare:
    latest filtered version in data/ (what `make run` leaves), or the tests' research traces when there is none.
    Each side trains twice, in the order bare, ours, ours, bare, so warm-up and drift on a shared machine fall on
    both alike.
-2. GRPO, one step: `oresearcher.grpo.train_grpo` (rollouts by the policy runtime, tool calls answered by the local
-   research environment, three reward terms with the judge) against a bare `GRPOTrainer` generating single-turn
-   completions of the same length with TRL's own sampler and a format reward. The workloads differ by design
-   (ours searches and reads; bare TRL cannot), so the number compared is tokens through the step per second, and
-   ours' completion tokens and tool calls per rollout are printed beside it. The rollouts have `make run`'s shape
+2. GRPO, one step: `oresearcher.grpo.train_grpo` (rollouts by the policy runtime on the continuous-batching
+   engine, tool calls answered by the local research environment, three reward terms with the judge) against a
+   bare `GRPOTrainer` doing the same work the plain way: TRL's rollout hook with a multi-turn loop over
+   `model.generate` (all open rollouts in one batch, stopped at a tool call, the environment's answer appended, the
+   whole context generated from again) and a format reward. Rollouts are sampled, so the two sides' traces differ
+   in length and tool calls; the number compared is tokens through the step per second (prompt, model tokens and
+   observations), with each side's model tokens per rollout printed beside it. The rollouts have `make run`'s shape
    (configs/tiny.yaml: its turn, tool-call and token caps, its group size) unless the options shrink them;
    `--start` gives the trained version `make run` starts GRPO from (an SFT adapter folder), which calls tools,
    where the base does not. Both sides train that adapter on, without gradient checkpointing (TRL's default).
@@ -105,8 +107,66 @@ def grpo_ours(cfg, start: str, queries: list[str], out: Path) -> dict:
             "tool_calls": step["tools/calls_mean"]}
 
 
-def grpo_bare(cfg, start: str, queries: list[str], completion_tokens: int, out: Path) -> dict:
-    """A bare TRL script: TRL's own sampler, single-turn completions of the same length, a format reward."""
+def bare_rollouts(cfg, env):
+    """TRL's `rollout_func` as a bare script writes a multi-turn tool loop: `model.generate` on every open rollout
+    at once until a tool call's closing tag or the report's, the environment's answer appended, the whole context
+    generated from again (no cache kept between turns, TRL's own generation settings and precision). The same
+    environment and caps as ours; no grammar module, judge, guards or tracking."""
+    import asyncio
+
+    import torch
+
+    from oresearcher import grammar as g
+    from oresearcher.agents import observe
+
+    r = cfg.rollout
+
+    def rollout_func(prompts: list, trainer) -> dict:
+        tok, model = trainer.processing_class, trainer.model
+        prompt_ids = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
+                      for p in prompts]
+        written = [[] for _ in prompts]  # per rollout: (token ids, written by the model?)
+        calls, open_rows = [0] * len(prompts), list(range(len(prompts)))
+        for _turn in range(r.max_turns):
+            if not open_rows:
+                break
+            contexts = [prompt_ids[i] + [t for ids, _ in written[i] for t in ids] for i in open_rows]
+            width = max(map(len, contexts))
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            batch = torch.tensor([[pad] * (width - len(c)) + c for c in contexts])
+            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
+            model.eval()
+            with torch.no_grad():
+                out = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=r.max_new_tokens,
+                                     do_sample=True, temperature=cfg.grpo.temperature, top_p=1.0, top_k=0,
+                                     stop_strings=list(g.STOP_SEQUENCES), tokenizer=tok, pad_token_id=pad)
+            model.train()
+            still = []
+            for i, row in zip(open_rows, out[:, width:].tolist(), strict=True):
+                text = tok.decode(row, skip_special_tokens=True)
+                end = min((text.index(s) + len(s) for s in g.STOP_SEQUENCES if s in text), default=len(text))
+                text = text[:end]
+                written[i].append((tok(text, add_special_tokens=False)["input_ids"], True))
+                call = g.last_tool_call(text)
+                if call is None or calls[i] >= r.max_tool_calls:
+                    continue
+                observation = asyncio.run(observe(env, call))
+                calls[i] += 1
+                written[i].append((tok("\n" + g.observation_text(observation) + "\n",
+                                       add_special_tokens=False)["input_ids"], False))
+                still.append(i)
+            open_rows = still
+        limit = [max(1, cfg.train.max_seq_len - len(p)) for p in prompt_ids]
+        return {"prompt_ids": prompt_ids,
+                "completion_ids": [[t for ids, _ in w for t in ids][:n] for w, n in zip(written, limit, strict=True)],
+                "env_mask": [[int(m) for ids, m in w for _ in ids][:n] for w, n in zip(written, limit, strict=True)],
+                "logprobs": None, "trace": [tok.decode([t for ids, _ in w for t in ids]) for w in written]}
+
+    return rollout_func
+
+
+def grpo_bare(cfg, start: str, queries: list[str], out: Path) -> dict:
+    """A bare TRL script of the same work: `bare_rollouts` through TRL's rollout hook, a format reward."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -114,29 +174,31 @@ def grpo_bare(cfg, start: str, queries: list[str], completion_tokens: int, out: 
 
     from models.resolve import is_adapter, load_policy
     from oresearcher.criteria import TraceView, reward_terms
+    from oresearcher.research.environment import ResearchEnvironment
     from oresearcher.sft import policy_messages
 
     g = cfg.grpo
     adapter = is_adapter(start)  # as ours: an SFT adapter trains on; a full model gets new LoRA adapters
     model, tok = load_policy(start, cfg.model.name, cfg.paths.cache, trainable=adapter)
 
-    def fmt(prompts, completions, **_):
-        return [reward_terms(TraceView.of("q", c[0]["content"]), cfg.filter.rules)["format"] for c in completions]
+    def fmt(prompts, completions, trace, **_):
+        return [reward_terms(TraceView.of("q", t), cfg.filter.rules)["format"] for t in trace]
 
     args = GRPOConfig(output_dir=str(out / "grpo-bare"), max_steps=1, learning_rate=g.learning_rate, beta=g.beta,
                       num_generations=g.num_generations, per_device_train_batch_size=g.micro_batch_size,
                       gradient_accumulation_steps=g.queries_per_step * g.num_generations // g.micro_batch_size,
-                      max_completion_length=completion_tokens, temperature=g.temperature,
+                      max_completion_length=cfg.train.max_seq_len, temperature=g.temperature,
                       logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
                       disable_dropout=True, seed=g.seed, bf16=cfg.train.bf16_enabled(),
                       gradient_checkpointing=False)  # as ours (TRL's default is on)
     lora = None if adapter else LoraConfig(task_type="CAUSAL_LM", r=g.adapter.r, lora_alpha=g.adapter.alpha,
                                            lora_dropout=g.adapter.dropout, target_modules=g.adapter.target_modules)
     trainer = GRPOTrainer(model=model, reward_funcs=[fmt], args=args, processing_class=tok, peft_config=lora,
-                          train_dataset=Dataset.from_list([{"prompt": policy_messages(q)} for q in queries]))
+                          train_dataset=Dataset.from_list([{"prompt": policy_messages(q)} for q in queries]),
+                          rollout_func=bare_rollouts(cfg, ResearchEnvironment.from_config(cfg)))
     trainer.train()
     step = next(h for h in trainer.state.log_history if "num_tokens" in h)
-    return {"tokens": step["num_tokens"], "seconds": step["step_time"]}
+    return {"tokens": step["num_tokens"], "seconds": step["step_time"], "model_tokens": step["completions/mean_length"]}
 
 
 def ratio_line(label: str, ours_tps: float, bare_tps: float) -> str:
@@ -194,7 +256,8 @@ def main() -> None:
         ours = grpo_ours(cfg, start, queries, out)
         print(f"  ours: {ours['model_tokens']:.0f} completion tokens per rollout on average, "
               f"{ours['tool_calls']:.1f} tool calls", flush=True)
-        bare = grpo_bare(cfg, start, queries, max(16, int(ours["model_tokens"])), out)
+        bare = grpo_bare(cfg, start, queries, out)
+        print(f"  bare: {bare['model_tokens']:.0f} completion tokens per rollout on average", flush=True)
         print(ratio_line("GRPO step", ours["tokens"] / ours["seconds"], bare["tokens"] / bare["seconds"]))
         print(json.dumps({"sft": runs, "grpo": {"ours": ours, "bare": bare}}))
 
