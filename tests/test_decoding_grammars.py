@@ -91,8 +91,8 @@ def research_trace(draw):
     sections = draw(st.integers(CAPS.min_sections, CAPS.max_sections))
     draft = "".join(
         f"## {draw(prose(CAPS.heading))}\n" +
-        "".join(f"{draw(prose(CAPS.report_sentence, 2))} [{draw(st.integers(1, len(sources)))}]."
-                for _ in range(draw(st.integers(1, CAPS.report_sentences)))) + "\n\n"
+        " ".join(f"According to [{draw(st.integers(1, len(sources)))}], {draw(prose(CAPS.report_sentence, 2))}."
+                 for _ in range(draw(st.integers(1, CAPS.report_sentences)))) + "\n\n"
         for _ in range(sections))
     report, dropped = finalize_report(draft, sources)
     assert dropped == 0
@@ -184,7 +184,7 @@ def test_every_free_text_block_is_capped(accepts):
 def test_blocks_close_after_a_sentence_end(accepts):
     """A teacher cut off at its cap mid-sentence would teach a student to close blocks at a character count it
     cannot see: think, plan, a subtask line, and each claim of an answer or report end with ".", "!" or "?";
-    a claim is one sentence, its citation right before its end."""
+    a claim is one sentence: an answer's citation right before its end, a report's at its start."""
     search = "\n" + g.tool_call_text(g.WEB_SEARCH, ["qq"], 3)
     guide = g.step_guide([], caps=CAPS)
     for ending in (".", "!", "?", ".\n"):
@@ -200,9 +200,12 @@ def test_blocks_close_after_a_sentence_end(accepts):
     for cut in (f"A claim [{url}] and so it went.", f"A claim [{url}]. And so it went.", f"A cla[{url}].",
                 f"A claim. Another one [{url}]."):
         assert not accepts(answers, g.block(g.SUBTASK_ANSWER, cut)), cut
-    reports, sections = g.report_guide(2, CAPS), "## Causes\nA claim [1]. Another one [2]!\n\n" * CAPS.min_sections
+    # a report's claim opens with its citation: what a student writing fluent sentences of its own keeps
+    reports = g.report_guide(2, CAPS)
+    sections = "## Causes\nAccording to [1], a claim. According to [2], another one!\n\n" * CAPS.min_sections
     assert accepts(reports, sections)
-    for cut in ("A claim [1]\n\n", "A cla[1].\n\n", "A claim [1]. And so\n\n", "A claim. Another one [1].\n\n"):
+    for cut in ("According to [1], a claim\n\n", "According to [1], a claim. And so\n\n", "A claim [1].\n\n",
+                "According to [1], a claim.According to [2], glued.\n\n", "According to [1], one. Two.\n\n"):
         assert not accepts(reports, sections + "## Effects\n" + cut), cut
 
 
