@@ -143,6 +143,8 @@ async def run_subtask(client: LLMClient, env: ResearchEnvironment, query: str, t
                 run.answer, run.stop_reason = answer, "answered"
             else:
                 kinds.append("text")
+                if call is not None:  # over the cap: unanswered, the call stays out of the trace (a tool call
+                    parts.pop()       # without its observation would make the whole trace invalid)
                 hint = ("You have used all your tool calls. " if call is not None else "") + \
                     "Continue: call one tool, or write your <subtask_answer>."
                 messages.append({"role": "user", "content": hint})

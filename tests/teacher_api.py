@@ -33,6 +33,10 @@ import time
 import urllib.request
 from collections import Counter
 
+# Its traces to the config: `tool_steps` (2) searches per subtask, then the answer. configs/tiny.yaml sizes these caps
+# for the embedded model (one search per subtask); tests that run this teacher on it set them back to its shape.
+SHAPE = ["synthesis.max_steps=3", "synthesis.max_tool_calls=2", "filter.rules.max_tool_calls_per_subtask=2"]
+
 FAULTS = ("rate_limit", "server_error", "timeout", "malformed", "empty")
 AGENT_MODES = ("normal", "tool_errors", "no_tool", "repeat")
 

@@ -119,7 +119,7 @@ def test_ingest_then_run_recorded_then_run_replayed(tmp_path):
     import json
     import shutil
 
-    from teacher_api import TeacherAPI
+    from teacher_api import SHAPE, TeacherAPI
 
     from models.tiny import build_tiny_model
 
@@ -127,7 +127,7 @@ def test_ingest_then_run_recorded_then_run_replayed(tmp_path):
         return [x for o in (f"paths.data_dir={data}", f"research.tape.path={data / 'tape.sqlite'}",
                             f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
                             "synthesis.teacher.backend=openai", "synthesis.limit=2", "synthesis.prefill_think=false",
-                            "synthesis.mlflow_traces=false", "filter.rules.min_report_chars=100",
+                            "synthesis.mlflow_traces=false", "filter.rules.min_report_chars=100", *SHAPE,
                             # the training stages on the tiny random-init policy, as briefly as they go
                             f"model.name={build_tiny_model()}", f"paths.checkpoints_dir={data / 'ckpt'}",
                             "sft.max_steps=1", "grpo.max_steps=1", "grpo.num_generations=2", "grpo.queries_per_step=1",

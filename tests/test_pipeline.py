@@ -73,7 +73,7 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
     import asyncio
 
     from mlflow.tracking import MlflowClient
-    from teacher_api import TeacherAPI
+    from teacher_api import SHAPE, TeacherAPI
 
     from flows.pipeline import pipeline
     from models.tiny import build_tiny_model
@@ -87,7 +87,7 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
                        f"research.tape.path={dvc_repo / 'data' / 'tape.sqlite'}", "synthesis.teacher.backend=openai",
                        f"synthesis.teacher.base_url={api.base_url}", "synthesis.teacher.api_key_env=TEST_TEACHER_KEY",
                        "synthesis.limit=3", "synthesis.prefill_think=false",
-                       "filter.rules.min_report_chars=100",  # the stand-in teacher writes short reports
+                       "filter.rules.min_report_chars=100", *SHAPE,  # the stand-in teacher's short reports
                        # training stages on the tiny random-init policy: their mechanics, not their effect
                        f"model.name={build_tiny_model()}", f"paths.checkpoints_dir={tmp_path / 'ckpt'}",
                        "sft.max_steps=2", "grpo.max_steps=1", "grpo.num_generations=2", "grpo.queries_per_step=1",
@@ -191,7 +191,7 @@ def test_synthesis_token_budget_is_wired_from_config(prefect_server, tmp_path):
     """`synthesis.max_tokens` in the config stops the flow cleanly; a later run with more budget continues."""
     import asyncio
 
-    from teacher_api import TeacherAPI
+    from teacher_api import SHAPE, TeacherAPI
 
     from flows.synthesize import synthesize
     from oresearcher.seeds import ingest_files, write_seed_version
@@ -200,7 +200,7 @@ def test_synthesis_token_budget_is_wired_from_config(prefect_server, tmp_path):
     base = [f"paths.data_dir={data}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"research.tape.path={data / 'tape.sqlite'}", "synthesis.limit=4", "synthesis.concurrency=1",
             "synthesis.prefill_think=false", "synthesis.mlflow_traces=false", "synthesis.teacher.backend=openai",
-            "synthesis.max_subtasks=3"]  # the stand-in teacher's shape: ~8,500 tokens a seed
+            "synthesis.max_subtasks=3", *SHAPE]  # the stand-in teacher's shape: ~8,500 tokens a seed
     seeds = ingest_files([REPO / "seeds" / "default.jsonl"], load_config_tiny().ingest)
     write_seed_version(seeds, data, [REPO / "seeds" / "default.jsonl"])
     with TeacherAPI(latency_s=0.0) as api:
@@ -224,7 +224,7 @@ def test_an_endpoint_that_refuses_grammars_fails_seeds_retryably_and_names_the_s
     `synthesis.teacher.grammar_api`, and is left to retry; with the setting fixed, a re-run completes them."""
     import asyncio
 
-    from teacher_api import TeacherAPI
+    from teacher_api import SHAPE, TeacherAPI
 
     from flows.synthesize import synthesize
     from oresearcher.seeds import ingest_files, write_seed_version
@@ -232,7 +232,7 @@ def test_an_endpoint_that_refuses_grammars_fails_seeds_retryably_and_names_the_s
     data = tmp_path / "data"
     base = [f"paths.data_dir={data}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
             f"research.tape.path={data / 'tape.sqlite'}", "synthesis.limit=2", "synthesis.mlflow_traces=false",
-            "synthesis.teacher.backend=openai", "synthesis.max_subtasks=3"]
+            "synthesis.teacher.backend=openai", "synthesis.max_subtasks=3", *SHAPE]
     write_seed_version(ingest_files([REPO / "seeds" / "default.jsonl"], load_config_tiny().ingest), data,
                        [REPO / "seeds" / "default.jsonl"])
     args = {"config_path": str(REPO / "configs" / "tiny.yaml")}

@@ -61,7 +61,8 @@ def write_inputs(data: Path) -> None:
 def cli(*args: str, data: Path, tmp: Path) -> list[str]:
     """The CLI on the tiny config (the embedded model judging) with the test's data and a gate that waits."""
     settings = [f"paths.data_dir={data}", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
-                f"research.tape.path={tmp / 'tape.sqlite'}", "filter.judge.threshold=0", "filter.rules.min_report_chars=50", "review.required=true",
+                f"research.tape.path={tmp / 'tape.sqlite'}", "filter.judge.threshold=0", "filter.rules.min_report_chars=50",
+                "filter.rules.max_tool_calls_per_subtask=2", "review.required=true",  # its traces search twice a subtask
                 "review.poll_s=0.2", "review.min_per_batch=20", "review.max_reject_rate=0.3", "review.port=0"]
     return [sys.executable, "-m", "oresearcher.cli", *args, "--config", str(REPO / "configs" / "tiny.yaml"),
             *[x for s in settings for x in ("--set", s)]]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from teacher_api import TeacherAPI
+from teacher_api import SHAPE, TeacherAPI
 
 from models.llm import Budget, LLMError, LLMStore, make_client
 from oresearcher import grammar as g
@@ -30,7 +30,7 @@ def settings(data: Path, api: TeacherAPI, *more: str):
         f"mlflow.tracking_uri=sqlite:///{data.parent / 'mlflow.db'}",
         "synthesis.teacher.backend=openai", f"synthesis.teacher.base_url={api.base_url}",
         "synthesis.teacher.timeout_s=2", "synthesis.max_subtasks=3", "synthesis.limit=null",
-        "synthesis.prefill_think=false", "synthesis.mlflow_traces=false", *more])
+        "synthesis.prefill_think=false", "synthesis.mlflow_traces=false", *SHAPE, *more])
 
 
 def write_seeds(cfg, n: int) -> None:
@@ -89,6 +89,17 @@ def test_traces_from_a_well_behaved_teacher_are_valid(tmp_path):
         refs = g.references(parsed.report)
         assert refs and {ref.url for ref in refs} <= g.observed_urls(parsed)  # only URLs actually observed
         assert r["usage"]["calls"] == 1 + 3 * 3 + 1 and r["models"]["teacher"].startswith("openai:")
+
+
+def test_a_tool_call_past_the_cap_stays_out_of_the_trace(tmp_path):
+    """An unguided teacher that calls tools past `max_tool_calls`: the refused call gets no observation, so it is
+    left out of the trace, which stays valid (a call without its observation would reject the whole paid trace)."""
+    with TeacherAPI(latency_s=0.0) as api:  # two searches a subtask, against a cap of one
+        cfg = settings(tmp_path / "data", api, "synthesis.max_tool_calls=1")
+        records, _ = run_engine(cfg, seeds_of(1))
+    [r] = records
+    assert r["failure"] is None and r["valid"], r["violations"]
+    assert all(len(st.tool_calls) == 1 for st in g.parse(r["trace"]).subtasks)
 
 
 def test_faults_end_every_seed_once_as_trace_or_recorded_failure(tmp_path):
