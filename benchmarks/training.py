@@ -110,7 +110,7 @@ def grpo_ours(cfg, start: str, queries: list[str], out: Path) -> dict:
 def bare_rollouts(cfg, env):
     """TRL's `rollout_func` as a bare script writes a multi-turn tool loop: `model.generate` on every open rollout
     at once until a tool call's closing tag or the report's, the environment's answer appended, the whole context
-    generated from again (no cache kept between turns, TRL's own generation settings and precision). The same
+    generated from again (no cache kept between turns, `generate`'s own sampler). The same
     environment and caps as ours; no grammar module, judge, guards or tracking."""
     import asyncio
 
@@ -135,12 +135,13 @@ def bare_rollouts(cfg, env):
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             batch = torch.tensor([[pad] * (width - len(c)) + c for c in contexts])
             mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
+            was_training = model.training
             model.eval()
             with torch.no_grad():
                 out = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=r.max_new_tokens,
                                      do_sample=True, temperature=cfg.grpo.temperature, top_p=1.0, top_k=0,
                                      stop_strings=list(g.STOP_SEQUENCES), tokenizer=tok, pad_token_id=pad)
-            model.train()
+            model.train(was_training)
             still = []
             for i, row in zip(open_rows, out[:, width:].tolist(), strict=True):
                 text = tok.decode(row, skip_special_tokens=True)
