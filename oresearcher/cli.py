@@ -229,6 +229,29 @@ def cmd_heldout(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import asyncio
+
+    from flows.evaluate import evaluate
+
+    cfg = _settings(args)  # a bad config, query set or label list is one line, before any flow starts
+    from oresearcher.evaluation import query_set
+
+    query_set(args.queries or cfg.evaluate.queries, 1, cfg.paths.resolve(cfg.ingest.heldout_seeds))
+    if args.labels and len(args.labels) != len(args.models):
+        print(f"error: {len(args.labels)} --label for {len(args.models)} --model: give one label per model",
+              file=sys.stderr)
+        return 2
+    r = asyncio.run(evaluate(config_path=args.config, overrides=args.overrides, models=args.models or None,
+                             labels=args.labels or None, queries=args.queries, limit=args.limit,
+                             promote=False if args.no_promote else None))
+    print(r["table"])
+    if r["decision"]:
+        print(f"promotion: {r['decision']['summary']}")
+    print(f"HTML report: {r['report']}\nMLflow run: {r['run_id']}")
+    return 0
+
+
 def cmd_run(args) -> int:
     import asyncio
 
@@ -343,6 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_heldout)
 
+    p = sub.add_parser("evaluate", help="RACE, FACT and key-point scores of policies on a query set; promotion")
+    p.add_argument("--queries", default=None, help="drb, drb-en, drb-zh, drg, heldout, or a seed file "
+                                                   "(default: evaluate.queries)")
+    p.add_argument("--limit", type=int, default=None, help="the first N queries (drb: English and Chinese in turn)")
+    p.add_argument("--model", dest="models", action="append", default=[],
+                   help="a policy: config name, folder, models:/ URI, or http(s)://host/v1#served-name; repeatable "
+                        "(default: base, @champion, @challenger)")
+    p.add_argument("--label", dest="labels", action="append", default=[], help="a name per --model, in order")
+    p.add_argument("--no-promote", action="store_true", help="compare only; never move the champion alias")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("run", help="run the pipeline flow on a config")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
@@ -353,6 +388,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input, not a bug: reported as one line unless --debug."""
     from models.llm import BudgetExceeded
     from oresearcher.config import ConfigError
+    from oresearcher.evaluation import QuerySetError
     from oresearcher.filtering import DatasetError
     from oresearcher.registry import StartNotFound
     from oresearcher.research.corpus import CorpusError
@@ -360,7 +396,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from oresearcher.seeds import IngestError
 
     return (ConfigError, CorpusError, TapeMiss, FileNotFoundError, IngestError, PermissionError, DatasetError,
-            BudgetExceeded, StartNotFound)
+            BudgetExceeded, StartNotFound, QuerySetError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -278,6 +278,32 @@ class HeldoutConfig(Section):
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
 
 
+class EvaluateConfig(Section):
+    """The `evaluate` stage (method.md §5): policies run unguided on a query set, as in `heldout` (same decoding
+    settings), their reports scored by the filter's judge (`filter.judge`: model, temperature, seed, cache)."""
+
+    queries: str = Field("heldout", description="drb, drb-en, drb-zh, drg, heldout, or a seed file")
+    limit: int | None = Field(None, ge=1, description="the first N queries of the set (drb: languages in turn)")
+    reference: str | None = Field(None, description="RACE's reference system: a model or models:/ URI (default: the "
+                                                    "base model); its reports are generated once, then frozen")
+    race: Literal["pairwise", "pointwise"] = Field("pairwise", description="side by side against the reference "
+                                                                           "reports, or reference-free")
+    weight_samples: int = Field(5, ge=1, le=20, description="judge samples of a generated rubric's weights")
+    n_criteria: int = Field(3, ge=1, le=10, description="criteria per dimension of a generated rubric")
+    max_report_chars: int = Field(6000, ge=200, description="the judge reads at most this much of each report")
+    max_statements: int = Field(20, ge=1, description="FACT: statements checked per report")
+    page_chars: int = Field(4000, ge=200, description="FACT: characters of a cited page the judge reads")
+    max_key_points: int = Field(10, ge=1, description="DeepResearchGym key points checked per query")
+    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples of the tasks for each interval")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    primary_metric: Literal["race", "fact_accuracy", "kpr", "valid"] = Field(
+        "race", description="what promotion compares")
+    promote: bool = Field(True, description="move the champion alias to a challenger that beats it by more than "
+                                            "the interval")
+    endpoint_api_key_env: str | None = Field(None, description="env var of the key for an OpenAI-compatible "
+                                                               "policy endpoint (never the key itself)")
+
+
 class RegistryConfig(Section):
     policy_name: str = Field("o-researcher-policy", description="registered model name of the trained policies")
 
@@ -458,6 +484,7 @@ class Settings(Section):
     rollout: RolloutConfig = RolloutConfig()
     grpo: GrpoConfig = GrpoConfig()
     heldout: HeldoutConfig = HeldoutConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
     registry: RegistryConfig = RegistryConfig()

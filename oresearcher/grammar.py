@@ -585,6 +585,121 @@ def parse_score(text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+def criteria_scores_guide(n: int, hi: int = 10, pairwise: bool = True) -> Guide:
+    """An evaluation judge's scores on `n` numbered criteria, one line each (read back by `parse_criteria_scores`):
+    `k. target: a, reference: b` side by side (RACE), or `k. score: a` (the pointwise variant)."""
+    line = '"{k}. target: " score ", reference: " score "\\n"' if pairwise else '"{k}. score: " score "\\n"'
+    rules = {"root": " ".join(line.format(k=k) for k in range(1, n + 1)),
+             "score": _alt([str(v) for v in range(0, hi + 1)])}
+    return Guide("criteria_scores", _gbnf(rules), n * 34 + 8)
+
+
+_CRITERION_SCORE_RE = re.compile(r"^\s*(\d+)\.\s*(?:target:\s*(\d+)\s*,\s*reference:\s*(\d+)|score:\s*(\d+))\s*$",
+                                 re.MULTILINE | re.IGNORECASE)
+
+
+def parse_criteria_scores(text: str, n: int, hi: int = 10) -> dict[int, tuple[int, int | None]]:
+    """{criterion number: (target score, reference score or None)} for the lines of `criteria_scores_guide`'s form
+    that parse and lie on the scale; a criterion the judge skipped is absent (counted, never guessed)."""
+    out: dict[int, tuple[int, int | None]] = {}
+    for m in _CRITERION_SCORE_RE.finditer(text):
+        k = int(m.group(1))
+        pair = (int(m.group(2)), int(m.group(3))) if m.group(2) else (int(m.group(4)), None)
+        if 1 <= k <= n and k not in out and all(v is None or 0 <= v <= hi for v in pair):
+            out[k] = pair
+    return out
+
+
+def weights_guide(dimensions: list[str]) -> Guide:
+    """A judge's weight for each dimension, in percent, one line each: `comprehensiveness: 30`."""
+    rules = {"root": " ".join(f'"{d}: " pct "\\n"' for d in dimensions),
+             "pct": _alt([str(v) for v in range(0, 101)])}
+    return Guide("weights", _gbnf(rules), sum(len(d) + 7 for d in dimensions))
+
+
+def parse_weights(text: str, dimensions: list[str]) -> dict[str, float] | None:
+    """The weights a judge wrote in `weights_guide`'s form, normalised to sum to 1; None unless every dimension
+    has one and they sum to more than 0."""
+    found = {}
+    for d in dimensions:
+        m = re.search(rf"^\s*{re.escape(d)}\s*:\s*(\d+(?:\.\d+)?)\s*%?\s*$", text, re.MULTILINE | re.IGNORECASE)
+        if m:
+            found[d] = float(m.group(1))
+    total = sum(found.values())
+    if len(found) < len(dimensions) or total <= 0:
+        return None
+    return {d: v / total for d, v in found.items()}
+
+
+def label_guide(labels: list[str], caps=None) -> Guide:
+    """A judge's verdict as one of `labels`: a one-line reason, then `Label: x` (read back by `parse_label`)."""
+    caps = _caps(caps)
+    rules = {"root": f'"Reason: " {_LINE}{{1,{caps.reason}}} "\\nLabel: " label', "label": _alt(labels)}
+    return Guide("label", _gbnf(rules), caps.reason + 20 + max(len(x) for x in labels))
+
+
+def parse_label(text: str, labels: list[str]) -> str | None:
+    found = re.findall(r"^\s*Label:\s*([\w-]+)\s*$", text, re.MULTILINE | re.IGNORECASE)
+    value = found[-1].lower() if found else None
+    return value if value in labels else None
+
+
+def statements_guide(urls: list[str], max_items: int, caps=None) -> Guide:
+    """Statement–URL pairs a judge reads out of a report (FACT's fallback): `k. statement | URL`, each URL one the
+    report itself contains."""
+    caps = _caps(caps)
+    items = [f'"{k}. " stmt " | " url "\\n"' for k in range(1, max_items + 1)]
+    optional = ""
+    for item in reversed(items[1:]):
+        optional = f"({item} {optional})?".replace(" )", ")")
+    rules = {"root": f"{items[0]} {optional}".strip(), "stmt": f"[^<|\\n \\t] [^<|\\n]{{1,{caps.report_sentence}}}",
+             "url": _alt(urls)}
+    return Guide("statements", _gbnf(rules), max_items * (caps.report_sentence + max(map(len, urls)) + 10))
+
+
+def parse_statements(text: str, urls: list[str]) -> list[tuple[str, str]]:
+    """(statement, URL) pairs of `statements_guide`'s form whose URL is one of `urls`."""
+    out = []
+    for m in re.finditer(r"^\s*\d+\.\s*(.+?)\s*\|\s*(\S+)\s*$", text, re.MULTILINE):
+        if m.group(2) in urls and m.group(1).strip():
+            out.append((m.group(1).strip(), m.group(2)))
+    return out
+
+
+# A sentence ends at ".", "!", "?" before white space, at "。！？" (Chinese needs no space), or at a line end.
+_SENTENCE_BREAK_RE = re.compile(r"[.!?](?=\s)|[。！？]|\n")
+_ACCORDING_TO_RE = re.compile(r"\b(?:according to|as reported by|per)\s*$", re.IGNORECASE)
+_URL_RE = re.compile(r"https?://[^\s<>()\[\]\"'|]+[^\s<>()\[\]\"'|.,;:!?。，；：！？]")
+
+
+def cited_statements(report: str) -> list[tuple[str, int]]:
+    """(statement, reference number) for each in-text citation: the whole sentence that holds the citation (in
+    English or Chinese), without its citation marks, so "According to [2], X." gives ("X.", 2)."""
+    body, _ = split_report(report)
+    out = []
+    for m in _CITE_GROUP_RE.finditer(body):
+        starts = [b.end() for b in _SENTENCE_BREAK_RE.finditer(body, 0, m.start())]
+        start = starts[-1] if starts else 0
+        end_match = _SENTENCE_BREAK_RE.search(body, m.end())
+        end = end_match.end() if end_match else len(body)
+        before = _ACCORDING_TO_RE.sub("", body[start:m.start()])
+        after = body[m.end():end].lstrip(" ,，")
+        joined = before.rstrip() + ("" if after[:1] in tuple(".!?。！？,，;；") else " ") + after
+        sentence = re.sub(r"[ \t]*" + _CITE_GROUP_RE.pattern, "", joined)
+        sentence = re.sub(r"\s+", " ", sentence).strip().lstrip("#").strip()
+        if sentence and sentence[0].islower():
+            sentence = sentence[0].upper() + sentence[1:]
+        for number in _expand_citation_group(m.group(1)):
+            if sentence:
+                out.append((sentence, number))
+    return out
+
+
+def urls_in(text: str) -> list[str]:
+    """The http(s) URLs written in `text`, in order, each once."""
+    return list(dict.fromkeys(_URL_RE.findall(text)))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Validation
 

@@ -39,14 +39,19 @@ SHAPE = ["synthesis.max_steps=3", "synthesis.max_tool_calls=2", "filter.rules.ma
 
 FAULTS = ("rate_limit", "server_error", "timeout", "malformed", "empty")
 AGENT_MODES = ("normal", "tool_errors", "no_tool", "repeat")
+JUDGE_MODES = ("normal", "garbled")
 
 
 class TeacherAPI:
     def __init__(self, latency_s: float = 0.05, tool_steps: int = 2, subtasks: int = 3,
                  faults: dict[str, float] | None = None, timeout_sleep_s: float = 5.0, seed: int = 0,
                  retry_after_s: float = 0.0, fault_script: list[str] | None = None, agent: str = "normal",
-                 port: int | None = None, reject_grammar: bool = False, require_key: str | None = None):
+                 port: int | None = None, reject_grammar: bool = False, require_key: str | None = None,
+                 judge: str = "normal", findings: int = 0):
         assert agent in AGENT_MODES, agent
+        assert judge in JUDGE_MODES, judge
+        self.findings = findings  # extra cited sentences in the policy's report (a longer, better report)
+        self.judge = judge  # "garbled": evaluation judge answers no form parses (the scorers' fallbacks)
         assert all(f in FAULTS for f in (fault_script or [])), fault_script
         self.latency_s, self.tool_steps, self.subtasks = latency_s, tool_steps, subtasks
         self.faults = faults or {}
@@ -80,6 +85,8 @@ class TeacherAPI:
         system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
         user = next((m["content"] for m in messages if m["role"] == "user"), "")
         digest = hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:6]
+        if not system and (verdict := self._evaluation_judge(user)) is not None:
+            return verdict, None
         if "planner" in system:
             topic = user.rstrip("?.")[:80]
             return "\n".join(f"{i}. Aspect {i} of: {topic}" for i in range(1, self.subtasks + 1)), None
@@ -113,6 +120,40 @@ class TeacherAPI:
         return (f"{head}I have enough.\n</think>\n<subtask_answer>\nThe answer to {words} is supported{cite}. "
                 f"({digest})"), "</subtask_answer>"
 
+    def _evaluation_judge(self, user: str) -> str | None:
+        """The evaluation judge's forms (oresearcher/prompts/race_*, fact_*, key_point): a target scored by its
+        length against the reference, so a longer report wins; statements supported when the page shares a word
+        of 6+ letters with them. A report's score on every criterion: one point per 100 characters, at most 10."""
+        if self.judge == "garbled" and any(k in user for k in ("how much each of four", "grading criteria",
+                                                                "You compare two", "You grade a", "Does the")):
+            return "I cannot decide."
+        if "how much each of four" in user:
+            return "comprehensiveness: 40\ninsight: 30\ninstruction_following: 20\nreadability: 10\n"
+        if "You write grading criteria" in user:
+            n = int(re.search(r"list (\d+) criteria", user).group(1))
+            return "\n".join(f"{i}. Criterion {i}" for i in range(1, n + 1))
+        if "You compare two research reports" in user or "You grade a research report" in user:
+            n = int(re.search(r"Answer with (\d+) lines", user).group(1))
+            target = re.search(r"Report A \(target\):\n(.*?)\n\nReport B", user, re.S)
+            if target is None:  # pointwise
+                body = re.search(r"Report:\n(.*?)\n\nAnswer with", user, re.S).group(1)
+                return "\n".join(f"{i}. score: {min(10, len(body) // 100)}" for i in range(1, n + 1)) + "\n"
+            reference = re.search(r"Report B \(reference\):\n(.*?)\n\nAnswer with", user, re.S).group(1)
+            a, b = (min(10, len(x) // 100) for x in (target.group(1), reference))
+            return "\n".join(f"{i}. target: {a}, reference: {b}" for i in range(1, n + 1)) + "\n"
+        if "Does the web page below support" in user:
+            statement = re.search(r"Statement: (.*)", user).group(1)
+            page = user.split("Web page:", 1)[1]
+            words = {w.lower() for w in re.findall(r"[A-Za-z]{6,}", statement)}
+            hit = any(w in page.lower() for w in words)
+            return f"Reason: shared words.\nLabel: {'supported' if hit else 'unsupported'}"
+        if "Does the research report below cover" in user:
+            point = re.search(r"Key point: (.*)", user).group(1)
+            report = user.split("Report:", 1)[1]
+            words = {w.lower() for w in re.findall(r"[A-Za-z]{6,}", point)}
+            return f"Reason: overlap.\nLabel: {'supported' if any(w in report.lower() for w in words) else 'absent'}"
+        return None
+
     def _policy(self, prefill: str, query: str, digest: str) -> tuple[str, str | None]:
         """A trained policy writing one trace in one stream: `tool_steps` searches in one subtask (continuing its
         own prefill after each observation), then the subtask answer and the report, citing what it observed."""
@@ -125,7 +166,9 @@ class TeacherAPI:
         refs = "\n".join(f"[{i}]. {u} - Source {i}" for i, u in enumerate(urls, 1))
         cites = "".join(f"[{i}]" for i in range(1, len(urls) + 1))
         return (f"<think>\nI have enough.\n</think>\n<subtask_answer>\nThe facts [{urls[0] if urls else ''}].\n"
-                f"</subtask_answer>\n<suggested_answer>\n## Introduction\nAn answer {cites}.\n\n## Conclusion\n"
+                f"</subtask_answer>\n<suggested_answer>\n## Introduction\nAn answer {cites}.\n\n"
+                + "".join(f"Finding {k} about the observed sources holds [1].\n" for k in range(1, self.findings + 1))
+                + "\n## Conclusion\n"
                 f"In short {cites}. ({digest})\n\n## References\n{refs}\n"), "</suggested_answer>"
 
     # ------------------------------------------------------------------------------------------------- server
@@ -202,7 +245,8 @@ class TeacherAPI:
                 "--tool-steps", str(self.tool_steps), "--subtasks", str(self.subtasks),
                 "--timeout-sleep", str(self.timeout_sleep_s), "--faults", json.dumps(self.faults),
                 "--retry-after", str(self.retry_after_s), "--fault-script", json.dumps(self.fault_script),
-                "--agent", self.agent] + (["--reject-grammar"] if self.reject_grammar else []) + \
+                "--agent", self.agent, "--judge", self.judge,
+                "--findings", str(self.findings)] + (["--reject-grammar"] if self.reject_grammar else []) + \
             (["--require-key", self.require_key] if self.require_key else [])
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
@@ -239,7 +283,10 @@ if __name__ == "__main__":
     parser.add_argument("--agent", default="normal", choices=AGENT_MODES)
     parser.add_argument("--reject-grammar", action="store_true")
     parser.add_argument("--require-key", default=None)
+    parser.add_argument("--judge", default="normal", choices=JUDGE_MODES)
+    parser.add_argument("--findings", type=int, default=0)
     a = parser.parse_args()
     TeacherAPI(a.latency, a.tool_steps, a.subtasks, json.loads(a.faults), a.timeout_sleep,
                retry_after_s=a.retry_after, fault_script=json.loads(a.fault_script), agent=a.agent,
-               port=a.port, reject_grammar=a.reject_grammar, require_key=a.require_key).serve()
+               port=a.port, reject_grammar=a.reject_grammar, require_key=a.require_key, judge=a.judge,
+               findings=a.findings).serve()

@@ -1,0 +1,151 @@
+"""Evaluation (roadmap stage 4, method.md §5): policies on a query set, scored the way the field scores deep research.
+
+    oresearcher evaluate --queries drb --limit 4                      # two English, two Chinese DRB tasks
+    oresearcher evaluate --queries heldout --model base --model models:/o-researcher-policy@challenger
+    oresearcher evaluate --queries seeds/my_queries.jsonl --model http://gpu-box:8000/v1#my-policy
+
+Each policy runs unguided through the policy runtime and the research environment; its reports get RACE (side by
+side with the reference system's frozen reports, or pointwise), FACT (statement–URL pairs, each page fetched and
+each statement labelled), key-point recall on DeepResearchGym, and format and tool-call statistics. Every score
+carries the judge's identity and a bootstrap interval over tasks. Each model gets an MLflow run (`eval/<set>/*`),
+linked from the model version it evaluated; a summary run holds the HTML report and the promotion decision: the
+`champion` alias moves to the challenger when it beats the champion by more than the interval.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from oresearcher.config import load_config
+
+
+def default_models(cfg, mlflow) -> list[tuple[str, str]]:
+    """(label, model): the base model, the champion and the challenger when registered."""
+    from tasks.evaluation import model_version
+
+    out = [("base", cfg.model.name)]
+    for alias in ("champion", "challenger"):
+        uri = f"models:/{cfg.registry.policy_name}@{alias}"
+        if model_version(mlflow, uri) is not None:
+            out.append((alias, uri))
+    return out
+
+
+def comparison_table(set_name: str, summaries: dict[str, dict[str, float]], tasks: int) -> str:
+    """The printed comparison: each headline score with its interval, one row per model."""
+    cols = [("race", "RACE", 1.0), ("fact_accuracy", "cite acc %", 100.0), ("fact_effective_citations", "eff cites", 1.0),
+            ("kpr", "KPR", 1.0), ("valid", "valid %", 100.0), ("tool_calls", "tools", 1.0)]
+    cols = [c for c in cols if any(c[0] in m for m in summaries.values())]
+    lines = [["model", *(t for _, t, _ in cols)]]
+    for label, m in summaries.items():
+        cells = []
+        for k, _, s in cols:
+            if k not in m:
+                cells.append("-")
+            elif f"{k}_ci_lo" in m:
+                cells.append(f"{m[k] * s:.1f} [{m[k + '_ci_lo'] * s:.1f}, {m[k + '_ci_hi'] * s:.1f}]")
+            else:
+                cells.append(f"{m[k] * s:.2f}")
+        lines.append([label, *cells])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    out = [f"evaluation on {set_name}, {tasks} tasks (RACE: 50 = parity with the reference; [95% interval]):"]
+    out += ["  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+            for row in lines]
+    return "\n".join(out)
+
+
+@flow(name="evaluate", log_prints=True)
+async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
+                   models: list[str] | None = None, labels: list[str] | None = None, queries: str | None = None,
+                   limit: int | None = None, promote: bool | None = None) -> dict:
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    from prefect.artifacts import create_markdown_artifact
+
+    from oresearcher import eval_report
+    from oresearcher.evaluation import promotion, query_set, summarize
+    from oresearcher.judge import make_judge
+    from oresearcher.research.environment import ResearchEnvironment
+    from oresearcher.tracking import client as tracking_client
+    from oresearcher.tracking import stage_run
+    from tasks.evaluation import (
+        judge_identity,
+        log_evaluation,
+        policy_reports,
+        reference_reports,
+        rubrics,
+        score_reports,
+    )
+    from tasks.evaluation import promote as promote_task
+    from tasks.versioning import version_data
+
+    cfg = load_config(config_path, overrides)
+    ecfg = cfg.evaluate
+    set_name = queries or ecfg.queries
+    tasks = query_set(set_name, limit or ecfg.limit, cfg.paths.resolve(cfg.ingest.heldout_seeds))
+    set_key = set_name if "/" not in set_name and "." not in set_name else Path(set_name).stem
+    mlflow = tracking_client(cfg)
+    candidates = list(zip(labels or models, models, strict=True)) if models else default_models(cfg, mlflow)
+    log = get_run_logger()
+    env = ResearchEnvironment.from_config(cfg)
+    judge = make_judge(cfg, run="evaluate")
+    identity = judge_identity(judge, ecfg)
+    digest = hashlib.sha256("\n".join(t.query for t in tasks).encode()).hexdigest()[:16]
+    dataset = (f"queries-{set_key}", digest, str(cfg.paths.resolve(cfg.ingest.heldout_seeds))
+               if set_name == "heldout" else str(Path(set_name).resolve()) if set_key != set_name
+               else f"oresearcher/evalsets/{set_name.split('-')[0]}")
+    summaries: dict[str, dict[str, float]] = {}
+    scored: dict[str, list[dict]] = {}
+    decision = None
+    try:
+        references, ref_path = ({}, None) if ecfg.race == "pointwise" else \
+            await reference_reports(cfg, set_key, tasks, env)
+        rubric_of = await rubrics(cfg, tasks, judge)
+        with stage_run(cfg, f"evaluate-{set_key}", tags={"queries": set_name, "tasks": str(len(tasks))}) \
+                as (_, parent_id):
+            for label, model in candidates:
+                with stage_run(cfg, f"evaluate-{set_key}-{label}",
+                               tags={"model": model, "label": label, "queries": set_name,
+                                     "mlflow.parentRunId": parent_id}) as (client, run_id):
+                    rows = await policy_reports(cfg, model, tasks, env)
+                    scored[label] = await score_reports(cfg, tasks, rows, references, rubric_of, judge, env, identity)
+                    summaries[label] = summarize(scored[label], ecfg)
+                    log_evaluation(client, run_id, set_key, summaries[label], scored[label],
+                                   [r["trace"] for r in rows], identity, model, dataset)
+            want = ecfg.promote if promote is None else promote
+            models_by_label = dict(candidates)
+            if want and "challenger" in scored:
+                champion = "champion" if "champion" in scored else "base" if "base" in scored else None
+                if champion and models_by_label[champion] != models_by_label["challenger"]:
+                    decision = promote_task(cfg, mlflow, parent_id, models_by_label["challenger"],
+                                            models_by_label[champion],
+                                            promotion(scored["challenger"], scored[champion], ecfg.primary_metric,
+                                                      ecfg))
+            text = comparison_table(set_key, summaries, len(tasks))
+            page = eval_report.render(set_key, summaries, decision, identity, len(tasks))
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "report.html").write_text(page)
+                mlflow.log_artifact(parent_id, str(Path(tmp) / "report.html"), f"eval/{set_key}")
+            mlflow.log_text(parent_id, text + "\n", f"eval/{set_key}/comparison.txt")
+            report_uri = f"{mlflow.get_run(parent_id).info.artifact_uri}/eval/{set_key}/report.html"
+    finally:
+        await judge.client.aclose()
+    data_version = version_data(cfg) if ref_path else None  # the frozen reference reports joined the data tree
+    log.info("%s", text)
+    if decision:
+        log.info("promotion: %s", decision["summary"])
+    await create_markdown_artifact(key=f"evaluation-{_artifact_key(set_key)}", description=text.splitlines()[0],
+                                   markdown=f"```\n{text}\n```\n\nHTML report (plots, intervals): {report_uri}\n\n"
+                                            + (f"**Promotion:** {decision['summary']}\n" if decision else ""))
+    return {"queries": set_name, "tasks": len(tasks), "models": dict(candidates), "summaries": summaries,
+            "table": text, "decision": decision, "report": report_uri, "run_id": parent_id,
+            "data_version": data_version, "judge": identity}
+
+
+def _artifact_key(name: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes only."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "set"
