@@ -31,6 +31,15 @@ def default_models(cfg, mlflow) -> list[tuple[str, str]]:
     return out
 
 
+def role(candidates: list[tuple[str, str]], name: str, model: str | None = None) -> str | None:
+    """The label of the candidate playing `name` in promotion: labelled so, registered under that alias
+    (`models:/...@challenger`), or (for the base model) named `model`."""
+    for label, uri in candidates:
+        if label == name or uri.endswith(f"@{name}") or (model is not None and uri == model):
+            return label
+    return None
+
+
 def comparison_table(set_name: str, summaries: dict[str, dict[str, float]], tasks: int) -> str:
     """The printed comparison: each headline score with its interval, one row per model."""
     cols = [("race", "RACE", 1.0), ("fact_accuracy", "cite acc %", 100.0), ("fact_effective_citations", "eff cites", 1.0),
@@ -88,6 +97,9 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     set_key = set_name if "/" not in set_name and "." not in set_name else Path(set_name).stem
     mlflow = tracking_client(cfg)
     candidates = list(zip(labels or models, models, strict=True)) if models else default_models(cfg, mlflow)
+    if (ecfg.promote if promote is None else promote) and role(candidates, "challenger") \
+            and not role(candidates, "champion"):
+        candidates += [c for c in default_models(cfg, mlflow) if c[0] == "champion"]  # the one to beat, if any
     log = get_run_logger()
     env = ResearchEnvironment.from_config(cfg)
     judge = make_judge(cfg, run="evaluate")
@@ -115,14 +127,12 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
                     log_evaluation(client, run_id, set_key, summaries[label], scored[label],
                                    [r["trace"] for r in rows], identity, model, dataset)
             want = ecfg.promote if promote is None else promote
-            models_by_label = dict(candidates)
-            if want and "challenger" in scored:
-                champion = "champion" if "champion" in scored else "base" if "base" in scored else None
-                if champion and models_by_label[champion] != models_by_label["challenger"]:
-                    decision = promote_task(cfg, mlflow, parent_id, models_by_label["challenger"],
-                                            models_by_label[champion],
-                                            promotion(scored["challenger"], scored[champion], ecfg.primary_metric,
-                                                      ecfg))
+            challenger = role(candidates, "challenger")
+            champion = role(candidates, "champion") or role(candidates, "base", cfg.model.name)
+            if want and challenger and champion and dict(candidates)[champion] != dict(candidates)[challenger]:
+                decision = promote_task(cfg, mlflow, parent_id, dict(candidates)[challenger],
+                                        dict(candidates)[champion],
+                                        promotion(scored[challenger], scored[champion], ecfg.primary_metric, ecfg))
             text = comparison_table(set_key, summaries, len(tasks))
             page = eval_report.render(set_key, summaries, decision, identity, len(tasks))
             with tempfile.TemporaryDirectory() as tmp:

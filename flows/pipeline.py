@@ -3,7 +3,8 @@
 Stages, as in the paper (method.md §1): seed ingestion → multi-agent synthesis → three-tier filtering → SFT →
 GRPO → evaluation. Stages join this flow as they land; today: ready the research environment (model, search
 index), ingest the default seeds, synthesize traces, filter them, fine-tune the policy on them, reinforce it in the
-research environment, and run base, SFT and GRPO models on the held-out split. Each stage logs its own MLflow run;
+research environment, run base, SFT and GRPO models on the held-out split, and evaluate them there (RACE, FACT,
+intervals; the GRPO version is promoted to champion when it wins). Each stage logs its own MLflow run;
 data stages record a DVC version, training stages register model versions.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.evaluate import evaluate
 from flows.filter import filter_traces
 from flows.grpo import grpo
 from flows.heldout import heldout
@@ -40,7 +42,11 @@ async def pipeline(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     models = [cfg.model.name, f"models:/{cfg.registry.policy_name}/{tuned['model_version']}"]
     if reinforced["model_version"]:  # loaded back the way a user would: through the alias GRPO just moved
         models.append(f"models:/{cfg.registry.policy_name}@challenger")
-    compared = await heldout(config_path=config_path, overrides=overrides, models=models,
-                             labels=["base", "sft", "grpo"][: len(models)])
+    labels = ["base", "sft", "grpo"][: len(models)]
+    compared = await heldout(config_path=config_path, overrides=overrides, models=models, labels=labels)
+    # the same rollouts (the response cache answers them), now scored as the field scores them; the GRPO version
+    # (@challenger) takes the champion alias if it beats the champion (or, before there is one, the base model)
+    evaluated = await evaluate(config_path=config_path, overrides=overrides, models=models, labels=labels,
+                               queries="heldout", limit=cfg.heldout.limit)
     return {"model_dir": model_dir, "index": index, "seeds": seeds, "synthesis": traces, "filter": filtered,
-            "sft": tuned, "grpo": reinforced, "heldout": compared}
+            "sft": tuned, "grpo": reinforced, "heldout": compared, "evaluation": evaluated}

@@ -245,10 +245,8 @@ def cmd_evaluate(args) -> int:
     r = asyncio.run(evaluate(config_path=args.config, overrides=args.overrides, models=args.models or None,
                              labels=args.labels or None, queries=args.queries, limit=args.limit,
                              promote=False if args.no_promote else None))
-    print(r["table"])
-    if r["decision"]:
-        print(f"promotion: {r['decision']['summary']}")
-    print(f"HTML report: {r['report']}\nMLflow run: {r['run_id']}")
+    print(_evaluation_lines(r))
+    print(f"MLflow run: {r['run_id']}")
     return 0
 
 
@@ -262,7 +260,16 @@ def cmd_run(args) -> int:
     result = asyncio.run(pipeline(config_path=args.config, overrides=args.overrides))
     print(_filter_lines(result["filter"]))
     print(_training_lines(result, cfg.registry.policy_name))
+    print(_evaluation_lines(result["evaluation"]))
     return 0
+
+
+def _evaluation_lines(r: dict) -> str:
+    lines = [r["table"]]
+    if r["decision"]:
+        lines.append(f"promotion: {r['decision']['summary']}")
+    lines.append(f"evaluation report (plots, intervals): {r['report']}")
+    return "\n".join(lines)
 
 
 def _training_lines(result: dict, name: str) -> str:

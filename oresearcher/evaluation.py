@@ -14,7 +14,6 @@ ask the project's one judge (`judge.Judge`'s client: cached, costed, its identit
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -181,7 +180,9 @@ async def rubric_for(task: EvalTask, client: LLMClient, ecfg, official: dict[str
     if found:
         return found
     samples = []
-    for i in range(ecfg.weight_samples):
+    # sampled `weight_samples` times, averaged (DeepResearch Bench's way); a judge at temperature 0 answers each
+    # sample alike, so it is asked once
+    for i in range(ecfg.weight_samples if client is None or client.defaults["temperature"] > 0 else 1):
         text = await _ask(client, prompt("race_weights", query=task.query), g.weights_guide(DIMENSIONS),
                           seed * 1000 + i, "race_weights")
         samples.append(g.parse_weights(text, DIMENSIONS) if text is not None else None)
@@ -466,10 +467,3 @@ def gather_limited(coros, limit: int):
             return await c
 
     return asyncio.gather(*(one(c) for c in coros))
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True)
-
-
-

@@ -139,7 +139,11 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
     assert run.data.metrics["filter/input"] == 3 and run.data.tags["filtered_version"] == filt["version"]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "filter")} == {"filter/report.json",
                                                                                   "filter/report.md"}
-    assert filt["data_version"] == yaml.safe_load((dvc_repo / "data.dvc").read_text())["outs"][0]["md5"]
+    # the filter's data version was pushed to the remote; the last one (data.dvc) is the evaluation's, with the
+    # frozen reference reports
+    md5 = filt["data_version"].removesuffix(".dir")
+    assert (tmp_path / "remote" / "files" / "md5" / md5[:2] / f"{md5[2:]}.dir").is_file()
+    assert result["evaluation"]["data_version"] == yaml.safe_load((dvc_repo / "data.dvc").read_text())["outs"][0]["md5"]
     from oresearcher.cli import _filter_lines  # what `make run` prints at its end
 
     printed = _filter_lines(filt)
@@ -159,6 +163,19 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
 
     printed = _training_lines(result, "o-researcher-policy")
     assert "held-out split, 2 queries, unguided:" in printed and "@challenger" in printed
+
+    # Evaluation ends the pipeline: the same three models on the held-out split, scored with intervals, and the
+    # GRPO version (@challenger) compared with the base model (no champion yet), the decision recorded.
+    ev = result["evaluation"]
+    assert list(ev["summaries"]) == ["base", "sft", "grpo"] and ev["tasks"] == 2
+    assert all("race_ci_lo" in m for m in ev["summaries"].values())
+    decision = ev["decision"]
+    assert decision["challenger"].endswith("@challenger") and decision["champion"] == ev["models"]["base"]
+    assert client.get_run(ev["run_id"]).data.tags["promoted"] == str(decision["promote"]).lower()
+    from oresearcher.cli import _evaluation_lines
+
+    printed = _evaluation_lines(ev)
+    assert "evaluation on heldout, 2 tasks" in printed and "promotion:" in printed and "report.html" in printed
 
     # The key travelled only in the Authorization header: not in any file written, the MLflow database
     # (params, traces) or the run's logs (what the console showed, as stored by Prefect).
