@@ -175,11 +175,15 @@ def test_evaluate_flow_scores_logs_freezes_references_and_reruns_from_cache(pref
                                            models=[f"{api.base_url}#policy"], labels=["policy"], queries="drb",
                                            limit=4))
         first = run()
-        ref_calls = ref.stats()["requests"]
+        ref_calls, judge_calls = ref.stats()["requests"], api.stats()["requests"]
         frozen = list((tmp_path / "data" / "eval" / "reference").glob("drb-*.jsonl"))
         assert len(frozen) == 1 and len(frozen[0].read_text().splitlines()) == 4
         second = run()
+        assert api.stats()["requests"] == judge_calls  # every policy and judge call answered by the cache
+        (tmp_path / "data" / "llm.sqlite").unlink()  # without the cache, only the frozen file keeps the references
+        third = run()
         assert ref.stats()["requests"] == ref_calls  # frozen: the reference system is never asked again
+        assert api.stats()["requests"] > judge_calls and third["summaries"] == first["summaries"]
     m = first["summaries"]["policy"]
     assert first["tasks"] == 4 and m["race"] > 50 and m["race_ci_lo"] <= m["race"] <= m["race_ci_hi"]
     assert 0 < m["fact_accuracy"] < 1 and m["fact_statements"] > 0 and m["valid"] == 1.0
@@ -189,7 +193,7 @@ def test_evaluate_flow_scores_logs_freezes_references_and_reruns_from_cache(pref
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("o-researcher-tiny")
     runs = client.search_runs([exp.experiment_id], "tags.label = 'policy'")
-    assert len(runs) == 2  # one per evaluation, each a child of its evaluation's summary run
+    assert len(runs) == 3  # one per evaluation, each a child of its evaluation's summary run
     r = next(x for x in runs if x.data.tags["mlflow.parentRunId"] == first["run_id"])
     assert r.data.metrics["eval/drb/race"] == pytest.approx(m["race"])
     assert {"eval/drb/fact_accuracy", "eval/drb/race_ci_lo", "eval/drb/race_insight"} <= set(r.data.metrics)
