@@ -669,7 +669,9 @@ def parse_statements(text: str, urls: list[str]) -> list[tuple[str, str]]:
 # A sentence ends at ".", "!", "?" before white space, at "。！？" (Chinese needs no space), or at a line end.
 _SENTENCE_BREAK_RE = re.compile(r"[.!?](?=\s)|[。！？]|\n")
 _ACCORDING_TO_RE = re.compile(r"\b(?:according to|as reported by|per)\s*$", re.IGNORECASE)
-_URL_RE = re.compile(r"https?://[^\s<>()\[\]\"'|]+[^\s<>()\[\]\"'|.,;:!?。，；：！？]")
+# a URL may hold balanced parentheses (".../wiki/Plague_(disease)"); a sentence's own punctuation after it is not its
+_URL_RE = re.compile(r"https?://(?:[^\s<>()\[\]\"'|]|\([^()\s]*\))+")
+_URL_TRAILING = ".,;:!?。，；：！？"
 
 
 def cited_statements(report: str) -> list[tuple[str, int]]:
@@ -697,7 +699,7 @@ def cited_statements(report: str) -> list[tuple[str, int]]:
 
 def urls_in(text: str) -> list[str]:
     """The http(s) URLs written in `text`, in order, each once."""
-    return list(dict.fromkeys(_URL_RE.findall(text)))
+    return list(dict.fromkeys(u.rstrip(_URL_TRAILING) for u in _URL_RE.findall(text)))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -127,6 +127,10 @@ class TeacherAPI:
         if self.judge == "garbled" and any(k in user for k in ("how much each of four", "grading criteria",
                                                                 "You compare two", "You grade a", "Does the")):
             return "I cannot decide."
+        if "Read the research report below and list" in user:  # FACT's fallback: each URL with its sentence
+            report = user.split("Report:", 1)[1]
+            found = re.findall(r"([^.\n(]*?)[\s,]*(?:see )?\(?(https?://(?:[^\s()]|\([^()\s]*\))+)", report)
+            return "\n".join(f"{i}. {text.strip() or 'A claim'} | {url}" for i, (text, url) in enumerate(found, 1))
         if "how much each of four" in user:
             return "comprehensiveness: 40\ninsight: 30\ninstruction_following: 20\nreadability: 10\n"
         if "You write grading criteria" in user:

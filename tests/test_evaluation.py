@@ -226,6 +226,58 @@ def test_a_judge_whose_answers_never_parse_falls_back_and_counts_it(prefect_serv
     assert "fact_accuracy" not in m and m["fact_statements"] > 0
 
 
+def test_fact_falls_back_to_the_judge_for_inline_urls_held_to_the_reports_own(settings_factory):
+    from teacher_api import TeacherAPI
+
+    from models.llm import make_client
+    from oresearcher.config import ModelConfig
+    from oresearcher.research.environment import ResearchEnvironment
+
+    report = ("## Findings\nThe plague spread along trade routes (https://en.wikipedia.org/wiki/Black_Death).\n"
+              "It killed a third of Europe, see https://en.wikipedia.org/wiki/Plague_(disease)\n")
+    assert ev.fact_pairs(report) == ([], 0)  # no [n] and no References: nothing for the rules
+    with TeacherAPI(latency_s=0.0) as api:
+        client = make_client(ModelConfig(name="judge", backend="openai", base_url=api.base_url, guided=False))
+
+        env = ResearchEnvironment.from_config(settings_factory())
+        rubric = ev.Rubric({d: 0.25 for d in ev.DIMENSIONS}, {d: [("x", 1.0)] for d in ev.DIMENSIONS})
+
+        async def go():
+            try:
+                return (await ev.judge_fact_pairs(client, report, 5),
+                        await ev.score_task(client, env, ECFG, ev.EvalTask("t", "The Black Death?"), rubric, report,
+                                            ""))
+            finally:
+                await client.aclose()
+
+        pairs, row = asyncio.run(go())
+    # in the evaluation, such a report's statements come from the judge, and each page is fetched and labelled
+    assert row["fact_extracted_by"] == "judge" and row["fact_pairs"] == 2
+    # (the second page is not in the local corpus: unfetched, so out of citation accuracy)
+    assert row["fact_labels"] == ["supported", "unfetched"] and ev.citation_accuracy(row["fact_labels"]) == 1.0
+    assert [url for _, url in pairs] == ["https://en.wikipedia.org/wiki/Black_Death",
+                                         "https://en.wikipedia.org/wiki/Plague_(disease)"]
+    assert pairs[0][0].startswith("The plague spread along trade routes")
+    # a URL the judge makes up is not the report's: dropped
+    assert g.parse_statements("1. A claim | https://made.up/x\n", g.urls_in(report)) == []
+
+
+@pytest.mark.slow
+def test_drg_queries_get_key_point_recall(prefect_server, tmp_path):
+    from teacher_api import TeacherAPI
+
+    from flows.evaluate import evaluate
+
+    with TeacherAPI(latency_s=0.0, findings=2) as api, TeacherAPI(latency_s=0.0, tool_steps=1) as ref:
+        r = asyncio.run(evaluate(config_path=str(REPO / "configs" / "tiny.yaml"),
+                                 overrides=[*_overrides(tmp_path, api.base_url, ref.base_url),
+                                            "evaluate.max_key_points=3"],
+                                 models=[f"{api.base_url}#policy"], labels=["policy"], queries="drg", limit=2))
+    m = r["summaries"]["policy"]
+    assert {"kpr", "kpr_ci_lo", "kpc"} <= set(m) and 0 <= m["kpr"] <= 100
+    assert "KPR" in r["table"]
+
+
 @pytest.mark.slow
 def test_promotion_moves_the_champion_only_when_the_challenger_wins(tmp_path):
     from mlflow.tracking import MlflowClient

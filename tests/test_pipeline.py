@@ -172,6 +172,11 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
     decision = ev["decision"]
     assert decision["challenger"].endswith("@challenger") and decision["champion"] == ev["models"]["base"]
     assert client.get_run(ev["run_id"]).data.tags["promoted"] == str(decision["promote"]).lower()
+    grpo_version = client.get_model_version("o-researcher-policy", result["grpo"]["model_version"])
+    assert client.get_run(grpo_version.tags["eval.heldout.run"]).data.tags["label"] == "grpo"
+    assert "promotion" in grpo_version.tags
+    _, artifacts = asyncio.run(_prefect_view())
+    assert "evaluation on heldout" in artifacts["evaluation-heldout"]  # the table in the Prefect UI
     from oresearcher.cli import _evaluation_lines
 
     printed = _evaluation_lines(ev)
