@@ -401,8 +401,12 @@ def summarize(rows: list[dict], ecfg) -> dict[str, float]:
         per_task = [citation_accuracy(r["fact_labels"]) for r in rows]
         lo, hi = bootstrap_ci([v for v in per_task if v is not None], ecfg.bootstrap, ecfg.confidence)
         out["fact_accuracy_ci_lo"], out["fact_accuracy_ci_hi"] = lo, hi
-    eff = effective_citations([r["fact_labels"] for r in rows if r["fact_pairs"]])
-    out["fact_effective_citations"] = eff if eff is not None else 0.0
+    # effective citations: the mean of supported statements over the reports that cite anything, so its interval
+    # resamples those reports
+    citing = [r["fact_labels"].count("supported") for r in rows if r["fact_labels"]]
+    out["fact_effective_citations"] = effective_citations([r["fact_labels"] for r in rows]) or 0.0
+    if citing:
+        headline("fact_effective_citations", citing)
     out["fact_statements"] = float(len(labels))
     out["fact_supported"] = float(labels.count("supported"))
     out["fact_unsupported"] = float(labels.count("unsupported"))

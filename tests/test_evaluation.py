@@ -131,6 +131,23 @@ def test_bootstrap_interval_and_promotion():
     assert not tie["promote"] and tie["difference"] == 0.0
 
 
+def test_summary_pools_fact_and_scales_race_with_intervals():
+    dims = {d: 0.5 for d in ev.DIMENSIONS}
+    rows = [{"race": 0.75, "race_dimensions": dims, "race_unscored": 0, "fact_pairs": 3,
+             "fact_labels": ["supported", "supported", "unsupported"], "kpr": 0.5, "kpc": 0.0, "valid": 1.0},
+            {"race": 0.25, "race_dimensions": dims, "race_unscored": 1, "fact_pairs": 1, "fact_labels": ["unknown"],
+             "kpr": 1.0, "kpc": 0.5, "valid": 0.0},
+            {"race": 0.5, "race_dimensions": dims, "race_unscored": 0, "fact_pairs": 0, "fact_labels": [],
+             "kpr": 0.0, "kpc": 0.0, "valid": 0.0}]
+    m = ev.summarize(rows, ECFG)
+    assert m["race"] == pytest.approx(50.0) and m["race_ci_lo"] <= 50.0 <= m["race_ci_hi"]
+    assert m["fact_accuracy"] == pytest.approx(2 / 3)  # pooled: 2 supported, 1 unsupported, 'unknown' out
+    assert m["fact_effective_citations"] == pytest.approx(1.0)  # 2 supported over the 2 reports that cite
+    assert m["kpr"] == pytest.approx(50.0) and m["kpc"] == pytest.approx(50 / 3)
+    assert m["valid"] == pytest.approx(1 / 3) and m["race_unscored"] == 1
+    assert all(f"{k}_ci_lo" in m for k in ("race", "fact_accuracy", "fact_effective_citations", "kpr", "valid"))
+
+
 def test_query_sets():
     drb = ev.query_set("drb", limit=4)
     assert [t.language for t in drb] == ["en", "zh", "en", "zh"]
