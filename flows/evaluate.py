@@ -67,11 +67,13 @@ def comparison_table(set_name: str, summaries: dict[str, dict[str, float]], task
 async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
                    models: list[str] | None = None, labels: list[str] | None = None, queries: str | None = None,
                    limit: int | None = None, promote: bool | None = None) -> dict:
+    import asyncio
     import hashlib
     import tempfile
     from pathlib import Path
 
-    from prefect.artifacts import create_markdown_artifact
+    from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact, create_markdown_artifact
+    from tqdm import tqdm
 
     from oresearcher import eval_report
     from oresearcher.evaluation import promotion, query_set, summarize
@@ -111,6 +113,17 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     summaries: dict[str, dict[str, float]] = {}
     scored: dict[str, list[dict]] = {}
     decision = None
+    progress = await acreate_progress_artifact(0.0, key=f"evaluation-progress-{_artifact_key(set_key)}",
+                                               description=f"{len(candidates)} models x {len(tasks)} tasks scored")
+    bar = tqdm(total=len(candidates) * len(tasks), desc="evaluate", unit="task")
+
+    ordered = asyncio.Lock()  # tasks finishing together must not land their updates out of order
+
+    async def on_done() -> None:
+        async with ordered:
+            bar.update(1)
+            await aupdate_progress_artifact(progress, 100.0 * bar.n / max(1, bar.total))
+
     try:
         references, ref_path = ({}, None) if ecfg.race == "pointwise" else \
             await reference_reports(cfg, set_key, tasks, env)
@@ -122,7 +135,8 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
                                tags={"model": model, "label": label, "queries": set_name,
                                      "mlflow.parentRunId": parent_id}) as (client, run_id):
                     rows = await policy_reports(cfg, model, tasks, env)
-                    scored[label] = await score_reports(cfg, tasks, rows, references, rubric_of, judge, env, identity)
+                    scored[label] = await score_reports(cfg, tasks, rows, references, rubric_of, judge, env, identity,
+                                                        on_done)
                     summaries[label] = summarize(scored[label], ecfg)
                     log_evaluation(client, run_id, set_key, summaries[label], scored[label],
                                    [r["trace"] for r in rows], identity, model, dataset)
@@ -141,6 +155,7 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
             mlflow.log_text(parent_id, text + "\n", f"eval/{set_key}/comparison.txt")
             report_uri = f"{mlflow.get_run(parent_id).info.artifact_uri}/eval/{set_key}/report.html"
     finally:
+        bar.close()
         await judge.client.aclose()
     data_version = version_data(cfg) if ref_path else None  # the frozen reference reports joined the data tree
     log.info("%s", text)

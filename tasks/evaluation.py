@@ -110,13 +110,20 @@ async def rubrics(cfg: Settings, tasks: list[EvalTask], judge) -> dict:
 
 @task(name="score-reports", cache_policy=NO_CACHE)
 async def score_reports(cfg: Settings, tasks: list[EvalTask], rows: list[dict], references: dict[str, str],
-                        rubric_of: dict, judge, env, identity: dict) -> list[dict]:
-    """The per-task table of one model: its rollout's numbers, RACE, FACT and key points, and the judge."""
+                        rubric_of: dict, judge, env, identity: dict, on_done=None) -> list[dict]:
+    """The per-task table of one model: its rollout's numbers, RACE, FACT and key points, and the judge.
+    `on_done()` is awaited after each task (progress)."""
     from oresearcher.evaluation import gather_limited, score_task
 
-    scored = await gather_limited([score_task(judge.client, env, cfg.evaluate, t, rubric_of[t.id], r["report"],
-                                              references.get(t.id), cfg.filter.judge.seed)
-                                   for t, r in zip(tasks, rows, strict=True)], cfg.filter.judge.concurrency)
+    async def one(t: EvalTask, r: dict) -> dict:
+        row = await score_task(judge.client, env, cfg.evaluate, t, rubric_of[t.id], r["report"],
+                               references.get(t.id), cfg.filter.judge.seed)
+        if on_done is not None:
+            await on_done()
+        return row
+
+    scored = await gather_limited([one(t, r) for t, r in zip(tasks, rows, strict=True)],
+                                  cfg.filter.judge.concurrency)
     return [{**{k: v for k, v in r.items() if k != "trace"}, **s, "judge": identity}
             for r, s in zip(rows, scored, strict=True)]
 

@@ -206,6 +206,8 @@ def test_evaluate_flow_scores_logs_freezes_references_and_reruns_from_cache(pref
     assert 0 < m["fact_accuracy"] < 1 and m["fact_statements"] > 0 and m["valid"] == 1.0
     assert second["summaries"] == first["summaries"]  # the judge's calls came from the cache: the same numbers
     assert "RACE" in first["table"] and "[" in first["table"]
+    artifacts = asyncio.run(_artifacts())
+    assert artifacts["evaluation-progress-drb"] == 100.0 and "evaluation on drb" in artifacts["evaluation-drb"]
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("o-researcher-tiny")
@@ -222,6 +224,13 @@ def test_evaluate_flow_scores_logs_freezes_references_and_reruns_from_cache(pref
                                                                   str(tmp_path))).read_text().splitlines()]
     assert all(row["judge"]["prompt_sha"] == r.data.tags["judge.prompt_sha"] for row in rows)
     assert all(row["rubric"] == {"weights": "official", "criteria": "official"} for row in rows)
+
+
+async def _artifacts() -> dict:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return {a.key: a.data for a in await client.read_artifacts() if a.key}
 
 
 @pytest.mark.slow
