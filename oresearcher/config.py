@@ -311,6 +311,8 @@ class RegistryConfig(Section):
 class MlflowConfig(Section):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="relative sqlite paths are under the repo root")
     experiment: str = "o-researcher"
+    ui_url: str = Field("http://127.0.0.1:5000", description="where the MLflow UI serves this tracking store: the "
+                                                             "link each Prefect run shows to its MLflow run")
 
     @field_validator("tracking_uri")
     @classmethod

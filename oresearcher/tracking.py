@@ -6,6 +6,8 @@ and log through an `MlflowClient` rather than the fluent API.
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,54 @@ def client(cfg: Settings):
     return MlflowClient(uri, registry_uri=uri)
 
 
+def owner_tags() -> dict[str, str]:
+    """The process that owns a run: how the next start tells a crashed stage's run from a live one."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def mark_dead_runs_killed(client, exp_id: str) -> list[str]:
+    """Runs left RUNNING by a stage that died (SIGKILL, a lost machine: no `finally` ran) are KILLED now: those
+    whose owner process, on this host, is gone. Runs of live processes, and of other hosts, are left alone."""
+    host, killed = socket.gethostname(), []
+    for run in client.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit():
+            continue
+        try:
+            os.kill(int(tags["pid"]), 0)
+            continue  # alive (or another user's: not ours to judge)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        client.set_tag(run.info.run_id, "killed_reason", f"its process {tags['pid']} on {host} was gone at the "
+                                                          f"next start")
+        client.set_terminated(run.info.run_id, "KILLED")
+        killed.append(run.info.run_id)
+    return killed
+
+
+def prefect_tags() -> dict[str, str]:
+    """The Prefect flow run a stage runs in (id and UI address), when it runs in one."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    if not run_id:
+        return {}
+    return {"prefect.flow_run_id": str(run_id), "prefect.flow_run_url": str(flow_run.get_flow_run_ui_url() or "")}
+
+
+def link_from_prefect(cfg: Settings, stage: str, exp_id: str, run_id: str) -> None:
+    """A link artifact on the Prefect flow run to its MLflow run (in the MLflow UI at `mlflow.ui_url`)."""
+    from prefect.artifacts import create_link_artifact
+    from prefect.runtime import flow_run
+
+    if flow_run.get_id():
+        create_link_artifact(f"{cfg.mlflow.ui_url.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}",
+                             link_text=f"MLflow run {stage}", description=f"the MLflow run of {stage}",
+                             _sync=True)  # the sync client: stages open runs from sync and async flows alike
+
+
 @contextmanager
 def stage_run(cfg: Settings, stage: str, tags: dict[str, str] | None = None):
     """Start an MLflow run for `stage` with the config as params; yields (client, run_id)."""
@@ -49,9 +99,12 @@ def stage_run(cfg: Settings, stage: str, tags: dict[str, str] | None = None):
     exp = mlflow_client.get_experiment_by_name(cfg.mlflow.experiment)
     exp_id = exp.experiment_id if exp else mlflow_client.create_experiment(
         cfg.mlflow.experiment, artifact_location=artifact_location(cfg))
+    mark_dead_runs_killed(mlflow_client, exp_id)
     run = mlflow_client.create_run(exp_id, run_name=stage, tags={"stage": stage, "config": cfg.name,
-                                                                 "git_commit": git_commit(), **(tags or {})})
+                                                                 "git_commit": git_commit(), **owner_tags(),
+                                                                 **prefect_tags(), **(tags or {})})
     run_id = run.info.run_id
+    link_from_prefect(cfg, stage, exp_id, run_id)
     params = flat_params(cfg)
     for start in range(0, len(params), 100):  # MLflow caps a batch at 100 params
         chunk = list(params.items())[start : start + 100]

@@ -1,0 +1,89 @@
+"""MLflow runs of the stages: a stage killed midway does not stay RUNNING forever, and each run and its Prefect
+flow run point at each other."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+STAGE = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from oresearcher.config import load_config
+from oresearcher.tracking import stage_run
+cfg = load_config({config!r}, ["mlflow.tracking_uri={uri}"])
+with stage_run(cfg, "doomed") as (client, run_id):
+    print(run_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_run_whose_stage_was_killed_is_marked_killed_at_the_next_start(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from oresearcher.config import load_config
+    from oresearcher.tracking import stage_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"mlflow.tracking_uri={uri}"])
+    proc = subprocess.Popen([sys.executable, "-c", STAGE.format(repo=str(REPO), config=str(REPO / "configs" / "tiny.yaml"),
+                                                                 uri=uri)], stdout=subprocess.PIPE, text=True)
+    dead_run = proc.stdout.readline().strip()
+    proc.send_signal(signal.SIGKILL)  # no `finally`: the run stays RUNNING
+    proc.wait()
+    client = MlflowClient(uri)
+    assert client.get_run(dead_run).info.status == "RUNNING"
+    with stage_run(cfg, "live") as (_, live_run):
+        # a run of a live process (this one) is not touched, even while another stage starts
+        with stage_run(cfg, "next"):
+            assert client.get_run(live_run).info.status == "RUNNING"
+    dead = client.get_run(dead_run)
+    assert dead.info.status == "KILLED" and "was gone" in dead.data.tags["killed_reason"]
+    assert client.get_run(live_run).info.status == "FINISHED"
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_stage_runs_and_prefect_flow_runs_link_each_other(prefect_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from oresearcher.config import load_config
+    from oresearcher.tracking import stage_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"mlflow.tracking_uri={uri}", "mlflow.ui_url=http://mlflow:5000"])
+
+    @flow(name="linked")
+    def linked() -> tuple[str, str]:
+        from prefect.runtime import flow_run
+
+        with stage_run(cfg, "linked-stage") as (_, run_id):
+            return run_id, str(flow_run.get_id())
+
+    run_id, flow_run_id = linked()
+    tags = MlflowClient(uri).get_run(run_id).data.tags
+    assert tags["prefect.flow_run_id"] == flow_run_id and flow_run_id in tags["prefect.flow_run_url"]
+
+    async def links() -> list[str]:
+        async with get_client() as client:
+            return [a.data for a in await client.read_artifacts()]  # a link artifact is stored as "[text](url)"
+
+    exp_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    url = f"http://mlflow:5000/#/experiments/{exp_id}/runs/{run_id}"
+    assert any(url in str(data) for data in asyncio.run(links()))
+
