@@ -250,6 +250,71 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    """The Prefect server (flow runs, deployments, artifacts) and the MLflow UI (runs, models), both on localhost
+    only; Ctrl-C (or SIGTERM) stops both."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    cfg = _settings(args)
+    uri = cfg.mlflow.resolved_uri()
+    bindir = Path(sys.executable).parent
+    prefect = shutil.which("prefect", path=str(bindir)) or "prefect"
+    mlflow = shutil.which("mlflow", path=str(bindir)) or "mlflow"
+    servers = {
+        "Prefect UI": ([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(args.prefect_port)],
+                       f"http://127.0.0.1:{args.prefect_port}", f"http://127.0.0.1:{args.prefect_port}/api/health"),
+        "MLflow UI": ([mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.mlflow_port)],
+                      f"http://127.0.0.1:{args.mlflow_port}", f"http://127.0.0.1:{args.mlflow_port}/health"),
+    }
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+             for name, (cmd, _, _) in servers.items()}
+
+    def stop(*_):
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+    try:
+        deadline = time.monotonic() + args.timeout
+        pending = dict(servers)
+        while pending:
+            for name, (_, _, health) in list(pending.items()):
+                if procs[name].poll() is not None:
+                    print(f"error: {name} exited at start (port in use?): {' '.join(servers[name][0])}",
+                          file=sys.stderr)
+                    return 2
+                try:
+                    with urllib.request.urlopen(health, timeout=2):
+                        del pending[name]
+                except OSError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                print(f"error: {', '.join(pending)} not up after {args.timeout:.0f} s", file=sys.stderr)
+                return 2
+            time.sleep(0.5)
+        for name, (_, url, _) in servers.items():
+            print(f"{name}: {url}")
+        print(f"flows report to the Prefect server with PREFECT_API_URL=http://127.0.0.1:{args.prefect_port}/api; "
+              f"MLflow reads {uri}. Ctrl-C stops both.", flush=True)
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(1)
+        return 1  # one of them died
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop()
+
+
 def cmd_run(args) -> int:
     import asyncio
 
@@ -384,6 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-promote", action="store_true", help="compare only; never move the champion alias")
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ui", help="start the Prefect server and the MLflow UI on localhost (Ctrl-C stops both)")
+    p.add_argument("--prefect-port", type=int, default=4200)
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for both to answer")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("run", help="run the pipeline flow on a config")
     _add_config_args(p)
