@@ -326,7 +326,20 @@ def cmd_run(args) -> int:
     print(_filter_lines(result["filter"]))
     print(_training_lines(result, cfg.registry.policy_name))
     print(_evaluation_lines(result["evaluation"]))
+    print(_where_to_look(cfg, result))
     return 0
+
+
+def _where_to_look(cfg, result: dict) -> str:
+    versions = {stage: (result.get(stage) or {}).get("data_version") for stage in ("seeds", "synthesis", "filter", "evaluation")}
+    return "\n".join([
+        "where to look:",
+        "  Prefect UI and MLflow UI: .venv/bin/oresearcher ui   (then http://127.0.0.1:4200 and http://127.0.0.1:5000)",
+        f"  MLflow store: {cfg.mlflow.resolved_uri()} (experiment {cfg.mlflow.experiment})",
+        "  review page: .venv/bin/oresearcher review",
+        "  data versions (DVC, data.dvc): " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+        f"  models: {cfg.registry.policy_name} in the MLflow Model Registry (@challenger, @champion)",
+    ])
 
 
 def _evaluation_lines(r: dict) -> str:

@@ -181,6 +181,11 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
 
     printed = _evaluation_lines(ev)
     assert "evaluation on heldout, 2 tasks" in printed and "promotion:" in printed and "report.html" in printed
+    from oresearcher.cli import _where_to_look
+    from oresearcher.config import load_config
+
+    where = _where_to_look(load_config(REPO / "configs" / "tiny.yaml", [f"mlflow.tracking_uri={uri}"]), result)
+    assert f"evaluation {ev['data_version']}" in where and "oresearcher ui" in where and uri in where
 
     # The key travelled only in the Authorization header: not in any file written, the MLflow database
     # (params, traces) or the run's logs (what the console showed, as stored by Prefect).
