@@ -81,6 +81,37 @@ def test_race_shortcuts_need_no_judge():
     assert nothing.score == 0.0
 
 
+def test_race_side_by_side_and_pointwise_through_a_judge():
+    """The stand-in judge gives a report one point per 100 characters on every criterion: a 500-character target
+    against a 250-character reference is S = 5 vs 2, task score 5/7; pointwise, 5/10."""
+    from teacher_api import TeacherAPI
+
+    from models.llm import make_client
+    from oresearcher.config import ModelConfig
+
+    rubric = ev.official_rubrics()[ev.query_set("drb-en")[0].query.strip()]
+    task = ev.query_set("drb-en")[0]
+    target, reference = "x" * 500, "y" * 250
+    with TeacherAPI(latency_s=0.0) as api:
+        client = make_client(ModelConfig(name="judge", backend="openai", base_url=api.base_url, guided=False))
+
+        async def go():
+            try:
+                return (await ev.race_scores(client, ECFG, task, rubric, target, reference),
+                        await ev.race_scores(client, ECFG, task, rubric, target, None),
+                        await ev.race_scores(client, ECFG, task, rubric, "", reference))
+            finally:
+                await client.aclose()
+
+        pair, point, empty = asyncio.run(go())
+    assert pair.calls == 4 and pair.unscored == 0  # one call per dimension, every criterion scored
+    assert pair.overall_target == pytest.approx(5.0) and pair.overall_reference == pytest.approx(2.0)
+    assert pair.score == pytest.approx(5 / 7)
+    assert point.score == pytest.approx(0.5) and point.overall_reference is None
+    # an empty target scores 0 without a call; the reference is graded alone: task score 0
+    assert empty.score == 0.0 and empty.calls == 4 and empty.overall_reference == pytest.approx(2.0)
+
+
 def test_criteria_scores_parse_only_on_scale_and_in_range():
     text = "1. target: 7, reference: 5\n2. target: 11, reference: 3\n3. score: 4\n4. target: 2, reference: 2\n"
     assert g.parse_criteria_scores(text, 3) == {1: (7, 5), 3: (4, None)}  # 11 is off the scale, 4 > n
