@@ -24,7 +24,7 @@ async def heldout(config_path: str = "configs/tiny.yaml", overrides: list[str] |
     from oresearcher.judge import make_judge
     from oresearcher.seeds import heldout_queries
     from oresearcher.tracking import client as tracking_client
-    from oresearcher.tracking import stage_run
+    from oresearcher.tracking import log_file_input, stage_run
 
     cfg = load_config(config_path, overrides)
     queries = heldout_queries(cfg.ingest)[: cfg.heldout.limit]
@@ -37,6 +37,7 @@ async def heldout(config_path: str = "configs/tiny.yaml", overrides: list[str] |
         for label, model in candidates:
             with stage_run(cfg, f"heldout-{label}", tags={"model": model, "heldout_queries": str(len(queries))}) \
                     as (client, run_id):
+                log_file_input(client, run_id, cfg.paths.resolve(cfg.ingest.heldout_seeds), context="evaluation")
                 rows = await run_heldout(cfg, local_model(cfg, model), queries, judge)
                 results[label] = means(rows)
                 sample = {"model": model, "trace": rows[0]["trace"], "stop_reason": rows[0]["stop_reason"],

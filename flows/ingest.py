@@ -9,6 +9,7 @@ records a DVC version of `data/`, and logs an MLflow run with the counts (`inges
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 
@@ -21,9 +22,11 @@ from tasks.versioning import version_data
 @flow(name="ingest", log_prints=True)
 def ingest(paths: list[str], config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None) -> dict:
     cfg = load_config(config_path, overrides)
-    from oresearcher.tracking import stage_run
+    from oresearcher.tracking import log_file_input, stage_run
 
     with stage_run(cfg, "ingest", tags={"inputs": ",".join(paths)[:5000]}) as (mlflow, run_id):
+        for path in paths:  # each seed file a dataset input (the runs table's Dataset column)
+            log_file_input(mlflow, run_id, Path(path), context="source")
         result = check_seed_files(paths, cfg)
         get_run_logger().info("seed check:\n%s", format_report(result))
         for key, value in result.counts().items():

@@ -41,6 +41,16 @@ def client(cfg: Settings):
     return MlflowClient(uri, registry_uri=uri)
 
 
+def log_file_input(client, run_id: str, path: Path, context: str) -> None:
+    """A file the run read, as an MLflow dataset input named after it, its digest the file's sha256."""
+    import hashlib
+
+    from oresearcher.registry import log_dataset_input
+
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if Path(path).is_file() else "missing"
+    log_dataset_input(client, run_id, Path(path).name, digest, str(Path(path).resolve()), context=context)
+
+
 def owner_tags() -> dict[str, str]:
     """The process that owns a run: how the next start tells a crashed stage's run from a live one."""
     return {"host": socket.gethostname(), "pid": str(os.getpid())}

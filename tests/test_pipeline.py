@@ -107,6 +107,15 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
     assert runs["synthesize"].data.metrics["synth/valid_rate"] == 1.0
     assert runs["synthesize"].data.params["synthesis.teacher.backend"] == "openai"
     assert runs["synthesize"].data.tags["data_version"] == synth["data_version"]
+    # every stage's run names what it read as MLflow dataset inputs (the runs table's Dataset column)
+    inputs = {name: [d.dataset.name for d in r.inputs.dataset_inputs] for name, r in runs.items()}
+    assert inputs["ingest"] == ["default.jsonl"]
+    assert inputs["synthesize"] == [f"seeds-{result['seeds']['seed_version']}"]
+    assert inputs["filter"] == [f"traces-{result['seeds']['seed_version']}"]
+    assert inputs["grpo"] == [f"seeds-{result['seeds']['seed_version']}"] and inputs["sft"]
+    assert all(inputs[f"heldout-{m}"] == ["heldout.jsonl"] for m in ("base", "sft", "grpo"))
+    # and the Prefect flow run it ran in
+    assert all(r.data.tags.get("prefect.flow_run_id") for r in runs.values())
     # One MLflow trace per seed on the synthesize run's page, with agent, LLM and tool spans, the query as its
     # input and the report as its output.
     run_id = runs["synthesize"].info.run_id
