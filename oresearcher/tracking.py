@@ -6,6 +6,7 @@ and log through an `MlflowClient` rather than the fluent API.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
 import subprocess
@@ -39,6 +40,22 @@ def client(cfg: Settings):
 
     uri = cfg.mlflow.resolved_uri()
     return MlflowClient(uri, registry_uri=uri)
+
+
+# The pipeline's own MLflow run, while it runs: each stage's run becomes its child (Prefect runs subflows in the
+# caller's context, so the stages see it).
+_PARENT_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("mlflow_parent_run", default=None)
+
+
+@contextmanager
+def parent_run(cfg: Settings, name: str, tags: dict[str, str] | None = None):
+    """A run that the stage runs started inside it nest under (MLflow's parent/child runs); yields its id."""
+    with stage_run(cfg, name, tags=tags) as (client, run_id):
+        token = _PARENT_RUN.set(run_id)
+        try:
+            yield client, run_id
+        finally:
+            _PARENT_RUN.reset(token)
 
 
 def log_file_input(client, run_id: str, path: Path, context: str) -> None:
@@ -110,9 +127,10 @@ def stage_run(cfg: Settings, stage: str, tags: dict[str, str] | None = None):
     exp_id = exp.experiment_id if exp else mlflow_client.create_experiment(
         cfg.mlflow.experiment, artifact_location=artifact_location(cfg))
     mark_dead_runs_killed(mlflow_client, exp_id)
+    parent = {"mlflow.parentRunId": _PARENT_RUN.get()} if _PARENT_RUN.get() else {}
     run = mlflow_client.create_run(exp_id, run_name=stage, tags={"stage": stage, "config": cfg.name,
                                                                  "git_commit": git_commit(), **owner_tags(),
-                                                                 **prefect_tags(), **(tags or {})})
+                                                                 **prefect_tags(), **parent, **(tags or {})})
     run_id = run.info.run_id
     link_from_prefect(cfg, stage, exp_id, run_id)
     params = flat_params(cfg)

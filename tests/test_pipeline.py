@@ -114,8 +114,16 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
     assert inputs["filter"] == [f"traces-{result['seeds']['seed_version']}"]
     assert inputs["grpo"] == [f"seeds-{result['seeds']['seed_version']}"] and inputs["sft"]
     assert all(inputs[f"heldout-{m}"] == ["heldout.jsonl"] for m in ("base", "sft", "grpo"))
-    # and the Prefect flow run it ran in
+    # and the Prefect flow run it ran in; each is a child of this invocation's `pipeline` run, whose lineage.json
+    # names what each stage made
     assert all(r.data.tags.get("prefect.flow_run_id") for r in runs.values())
+    parent = runs["pipeline"].info.run_id
+    assert all(runs[n].data.tags.get("mlflow.parentRunId") == parent
+               for n in ("ingest", "synthesize", "filter", "sft", "grpo", "heldout-sft", "evaluate-heldout"))
+    lineage = json.loads(Path(client.download_artifacts(parent, "lineage.json", str(tmp_path))).read_text())
+    assert lineage["seeds"]["seed_version"] == result["seeds"]["seed_version"]
+    assert lineage["grpo"]["model_version"] == result["grpo"]["model_version"]
+    assert lineage["evaluation"]["run_id"] == result["evaluation"]["run_id"]
     # One MLflow trace per seed on the synthesize run's page, with agent, LLM and tool spans, the query as its
     # input and the report as its output.
     run_id = runs["synthesize"].info.run_id

@@ -87,3 +87,36 @@ def test_stage_runs_and_prefect_flow_runs_link_each_other(prefect_server, tmp_pa
     url = f"http://mlflow:5000/#/experiments/{exp_id}/runs/{run_id}"
     assert any(url in str(data) for data in asyncio.run(links()))
 
+
+
+def test_stage_runs_inside_a_pipeline_run_are_its_children(prefect_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from prefect import flow
+
+    from oresearcher.config import load_config
+    from oresearcher.tracking import parent_run, stage_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"mlflow.tracking_uri={uri}"])
+
+    @flow(name="sync-stage")
+    def sync_stage() -> str:
+        with stage_run(cfg, "sync-stage") as (_, run_id):
+            return run_id
+
+    @flow(name="async-stage")
+    async def async_stage() -> str:
+        with stage_run(cfg, "async-stage") as (_, run_id):
+            return run_id
+
+    @flow(name="whole")
+    async def whole() -> tuple[str, list[str]]:
+        with parent_run(cfg, "whole") as (_, parent):
+            return parent, [sync_stage(), await async_stage()]
+
+    parent, children = asyncio.run(whole())
+    client = MlflowClient(uri)
+    assert [client.get_run(c).data.tags.get("mlflow.parentRunId") for c in children] == [parent, parent]
+    with stage_run(cfg, "after") as (_, later):  # outside the pipeline: a top-level run again
+        pass
+    assert "mlflow.parentRunId" not in client.get_run(later).data.tags
