@@ -250,6 +250,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    import asyncio
+
+    _settings(args)
+    from flows.retrain import retrain
+
+    r = asyncio.run(retrain(config_path=args.config, overrides=args.overrides, stop_after=args.stop_after))
+    if r["status"] == "nothing_new":
+        print("no new seed files in the inbox: nothing to retrain on")
+    elif r["status"] == "ingested":
+        s = r["seeds"]
+        print(f"seed version {s['seed_version']}: {s['counts']} (from {len(r['new_files'])} new file(s))")
+    else:
+        print(_training_lines(r, _settings(args).registry.policy_name))
+        print(_evaluation_lines(r["evaluation"]))
+    return 0
+
+
 def cmd_ui(args) -> int:
     """The Prefect server (flow runs, deployments, artifacts) and the MLflow UI (runs, models), both on localhost
     only; Ctrl-C (or SIGTERM) stops both."""
@@ -462,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-promote", action="store_true", help="compare only; never move the champion alias")
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("retrain", help="new seed files in the inbox join the seed set, then the whole pipeline")
+    p.add_argument("--stop-after", choices=["ingest"], default=None, help="only make the new seed version")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("ui", help="start the Prefect server and the MLflow UI on localhost (Ctrl-C stops both)")
     p.add_argument("--prefect-port", type=int, default=4200)

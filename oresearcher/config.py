@@ -304,6 +304,13 @@ class EvaluateConfig(Section):
                                                                "policy endpoint (never the key itself)")
 
 
+class RetrainConfig(Section):
+    """Scheduled retraining (`retrain` flow): seed files dropped in the inbox join the seed set, then the pipeline."""
+
+    inbox: Path = Field(Path("inbox"), description="folder of new seed files (relative to the repo)")
+    patterns: list[str] = Field(["*.jsonl", "*.csv", "*.parquet", "*.txt"], description="which inbox files are seeds")
+
+
 class RegistryConfig(Section):
     policy_name: str = Field("o-researcher-policy", description="registered model name of the trained policies")
 
@@ -487,6 +494,7 @@ class Settings(Section):
     grpo: GrpoConfig = GrpoConfig()
     heldout: HeldoutConfig = HeldoutConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    retrain: RetrainConfig = RetrainConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
     registry: RegistryConfig = RegistryConfig()

@@ -62,7 +62,7 @@ def test_deployments_run_from_a_fresh_clone(tmp_path):
 
         prefect("work-pool", "create", "local", "--type", "process")
         deployed = prefect("--no-prompt", "deploy", "--all")
-        assert deployed.stdout.count("successfully created") == 9, deployed.stdout[-3000:]
+        assert deployed.stdout.count("successfully created") == 10, deployed.stdout[-3000:]
         worker = start([PREFECT, "worker", "start", "--pool", "local"], env, clone, tmp_path / "worker.log")
 
         prefect("deployment", "run", "ingest/ingest-tiny", "--watch")
