@@ -23,11 +23,13 @@ def default_models(cfg, mlflow) -> list[tuple[str, str]]:
     """(label, model): the base model, the champion and the challenger when registered."""
     from tasks.evaluation import model_version
 
-    out = [("base", cfg.model.name)]
+    out, seen = [("base", cfg.model.name)], set()
     for alias in ("champion", "challenger"):
         uri = f"models:/{cfg.registry.policy_name}@{alias}"
-        if model_version(mlflow, uri) is not None:
+        version = model_version(mlflow, uri)
+        if version is not None and version.version not in seen:  # a promoted challenger is the champion: once
             out.append((alias, uri))
+            seen.add(version.version)
     return out
 
 
