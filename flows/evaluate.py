@@ -86,6 +86,7 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     from tasks.evaluation import (
         judge_identity,
         log_evaluation,
+        model_version,
         policy_reports,
         reference_reports,
         rubrics,
@@ -103,7 +104,10 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     candidates = list(zip(labels or models, models, strict=True)) if models else default_models(cfg, mlflow)
     if (ecfg.promote if promote is None else promote) and role(candidates, "challenger") \
             and not role(candidates, "champion"):
-        candidates += [c for c in default_models(cfg, mlflow) if c[0] == "champion"]  # the one to beat, if any
+        challenger_version = model_version(mlflow, dict(candidates)[role(candidates, "challenger")])
+        candidates += [c for c in default_models(cfg, mlflow) if c[0] == "champion"  # the one to beat, if any
+                       and (challenger_version is None
+                            or model_version(mlflow, c[1]).version != challenger_version.version)]
     log = get_run_logger()
     env = ResearchEnvironment.from_config(cfg)
     judge = make_judge(cfg, run="evaluate")
