@@ -85,6 +85,8 @@ def query_set(spec: str, limit: int | None = None, heldout: Path | None = None) 
             raise QuerySetError(f"query set {spec!r}: {r.source}:{r.line}: {r.reason} ({r.detail})")
         queries = [q for q in (normalize(q) for _, q, _ in records) if q]
         tasks = [EvalTask(f"{Path(path).stem}-{i}", q, language_of(q)) for i, q in enumerate(queries)]
+    if not tasks:
+        raise QuerySetError(f"query set {spec!r} holds no queries")
     return tasks[:limit] if limit else tasks
 
 

@@ -179,7 +179,7 @@ def test_summary_pools_fact_and_scales_race_with_intervals():
     assert all(f"{k}_ci_lo" in m for k in ("race", "fact_accuracy", "fact_effective_citations", "kpr", "valid"))
 
 
-def test_query_sets():
+def test_query_sets(tmp_path):
     drb = ev.query_set("drb", limit=4)
     assert [t.language for t in drb] == ["en", "zh", "en", "zh"]
     drg = ev.query_set("drg", limit=2)
@@ -188,6 +188,13 @@ def test_query_sets():
     assert len(heldout) == 8 and heldout[0].language == "en"
     with pytest.raises(ev.QuerySetError, match="nonsense"):
         ev.query_set("nonsense")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ev.QuerySetError, match="no queries"):
+        ev.query_set(str(empty))
+    mine = tmp_path / "mine.txt"
+    mine.write_text("How did the printing press change Europe?\n第一次世界大战的主要原因是什么？\n")
+    assert [t.language for t in ev.query_set(str(mine))] == ["en", "zh"]  # any seed file, any format ingest reads
 
 
 # -- the flow, end to end --------------------------------------------------------------------------------------
