@@ -85,6 +85,9 @@ class ModelConfig(Section):
     max_retries: int = Field(5, ge=0, le=20)
     max_concurrency: int = Field(16, ge=1, description="requests in flight at once")
     requests_per_minute: float | None = Field(None, gt=0)
+    prefect_concurrency_limit: str | None = Field(
+        None, description="openai backend: a Prefect global concurrency limit each request holds a slot of, shared "
+                          "by every run that names it (one paid key: `prefect gcl create NAME --limit N` first)")
     # grammar-constrained decoding: each call's output held to the grammar the agent runtime derives for it
     guided: bool = Field(False, description="constrain every call to its decoding grammar (local and vllm backends: "
                                             "always possible; openai: needs grammar_api)")

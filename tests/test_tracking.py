@@ -120,3 +120,43 @@ def test_stage_runs_inside_a_pipeline_run_are_its_children(prefect_server, tmp_p
     with stage_run(cfg, "after") as (_, later):  # outside the pipeline: a top-level run again
         pass
     assert "mlflow.parentRunId" not in client.get_run(later).data.tags
+
+
+def test_a_prefect_concurrency_limit_caps_paid_requests_across_clients(prefect_server):
+    """Two clients of one paid key (as two runs would be), 4 requests each at once: with the shared Prefect limit of
+    1, the API never sees two in flight; without it, it does."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from teacher_api import TeacherAPI
+
+    from models.llm import make_client
+    from oresearcher.config import ModelConfig
+
+    async def create() -> None:
+        async with get_client() as client:
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="teacher-key", limit=1))
+
+    asyncio.run(create())
+
+    def burst(api, limit: str | None) -> int:
+        clients = [make_client(ModelConfig(name="teacher", backend="openai", base_url=api.base_url,
+                                           max_concurrency=8, prefect_concurrency_limit=limit)) for _ in range(2)]
+
+        async def go():
+            try:
+                await asyncio.gather(*(c.chat([{"role": "user", "content": f"question {i} of {k}"}])
+                                       for k, c in enumerate(clients) for i in range(4)))
+            finally:
+                for c in clients:
+                    await c.aclose()
+
+        asyncio.run(go())
+        return api.stats()["max_in_flight"]
+
+    with TeacherAPI(latency_s=0.2) as api:
+        assert burst(api, "teacher-key") == 1
+    with TeacherAPI(latency_s=0.2) as api:
+        assert burst(api, None) > 1
+    with pytest.raises(Exception, match="no-such-limit|not found|does not exist"):  # a typo is an error, not no limit
+        with TeacherAPI(latency_s=0.0) as api:
+            burst(api, "no-such-limit")

@@ -9,6 +9,7 @@ A final assistant message is continued (vLLM: `continue_final_message`; llama.cp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -68,6 +69,19 @@ class OpenAIBackend:
             self._sem = asyncio.Semaphore(self.cfg.max_concurrency)
             self._rate = RateLimiter(self.cfg.requests_per_minute)
 
+    @contextlib.asynccontextmanager
+    async def _shared_slot(self):
+        """A slot of the Prefect global concurrency limit `prefect_concurrency_limit`, if set: the cap on requests
+        in flight across every run and machine using the same paid key (this process's own cap is
+        `max_concurrency`). A limit that does not exist is an error, not a silent no-limit."""
+        if not self.cfg.prefect_concurrency_limit:
+            yield
+            return
+        from prefect.concurrency.asyncio import concurrency
+
+        async with concurrency(self.cfg.prefect_concurrency_limit, occupy=1, strict=True):
+            yield
+
     def _client(self) -> httpx.AsyncClient:
         self._next = (self._next + 1) % len(self._clients)
         return self._clients[self._next]
@@ -104,7 +118,7 @@ class OpenAIBackend:
         reason = "no attempt made"
         for attempt in range(self.cfg.max_retries + 1):
             retry_after = 0.0
-            async with self._sem:
+            async with self._sem, self._shared_slot():
                 await self._rate.acquire()
                 try:
                     resp = await self._client().post("chat/completions", json=body, headers=headers)
