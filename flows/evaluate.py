@@ -113,9 +113,13 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     judge = make_judge(cfg, run="evaluate")
     identity = judge_identity(judge, ecfg)
     digest = hashlib.sha256("\n".join(t.query for t in tasks).encode()).hexdigest()[:16]
-    dataset = (f"queries-{set_key}", digest, str(cfg.paths.resolve(cfg.ingest.heldout_seeds))
-               if set_name == "heldout" else str(Path(set_name).resolve()) if set_key != set_name
-               else f"oresearcher/evalsets/{set_name.split('-')[0]}")
+    if set_name == "heldout":
+        source = str(cfg.paths.resolve(cfg.ingest.heldout_seeds))
+    elif set_key != set_name:  # a seed file
+        source = str(Path(set_name).resolve())
+    else:  # drb, drb-en, drb-zh, drg: the evaluation data the project carries
+        source = f"oresearcher/evalsets/{set_name.split('-')[0]}"
+    dataset = (f"queries-{set_key}", digest, source)
     summaries: dict[str, dict[str, float]] = {}
     scored: dict[str, list[dict]] = {}
     decision = None

@@ -344,16 +344,17 @@ async def score_task(client: LLMClient, env, ecfg, task: EvalTask, rubric: Rubri
     if not pairs and g.urls_in(g.split_report(report)[0] if report else ""):
         pairs, extracted_by = await judge_fact_pairs(client, report, ecfg.max_statements, seed), "judge"
     pairs = pairs[: ecfg.max_statements]
-    labels: list[str | None] = []
     pages: dict[str, str] = {}
-    for statement, url in pairs:
-        if url not in pages:  # each cited page fetched once, through the research environment (and its tape)
-            pages[url] = await asyncio.to_thread(env.crawl_page, url)
-        page = pages[url]
-        if page.startswith("Error:"):
-            labels.append("unfetched")  # excluded, like 'unknown': nothing to check the statement against
-            continue
-        labels.append(await label_statement(client, statement, page[: ecfg.page_chars], seed))
+    for url in dict.fromkeys(url for _, url in pairs):  # each cited page fetched once, through the environment
+        pages[url] = await asyncio.to_thread(env.crawl_page, url)
+
+    async def label(statement: str, url: str) -> str | None:
+        if pages[url].startswith("Error:"):
+            return "unfetched"  # excluded, like 'unknown': nothing to check the statement against
+        return await label_statement(client, statement, pages[url][: ecfg.page_chars], seed)
+
+    # asked together: a batching engine (local, vLLM) decodes them side by side; the client caps concurrency
+    labels = list(await asyncio.gather(*(label(s, u) for s, u in pairs)))
     row = {"id": task.id, "query": task.query, "language": task.language, "race": race.score,
            "race_target": race.overall_target, "race_reference": race.overall_reference,
            "race_dimensions": {d: _relative_dim(race, d) for d in DIMENSIONS},
@@ -362,8 +363,9 @@ async def score_task(client: LLMClient, env, ecfg, task: EvalTask, rubric: Rubri
            "fact_labels": labels, "statements": [p[0] for p in pairs]}
     if task.key_points:
         points = task.key_points[: ecfg.max_key_points]
-        kp = [await label_key_point(client, p, _cut(g.strip_citations(report), ecfg.max_report_chars), seed)
-              if report.strip() else "absent" for p in points]
+        text = _cut(g.strip_citations(report), ecfg.max_report_chars)
+        kp = list(await asyncio.gather(*(label_key_point(client, p, text, seed) for p in points))) \
+            if report.strip() else ["absent"] * len(points)
         row["kpr"], row["kpc"] = key_point_rates(kp)
         row["key_point_labels"] = kp
     return row
@@ -428,18 +430,17 @@ def summarize(rows: list[dict], ecfg) -> dict[str, float]:
 def promotion(challenger: list[dict], champion: list[dict], metric: str, ecfg) -> dict:
     """Whether the challenger beats the champion on `metric` by more than the interval: the paired bootstrap
     interval of the per-task difference lies above 0. The numbers come back either way, to be recorded."""
-    key = {"fact_accuracy": None}.get(metric, metric)
-    if key is None:  # a pooled rate has no per-task pairs: compare per-task accuracy where both have one
+    if metric == "fact_accuracy":  # a pooled rate: compare per-task accuracy on the tasks where both have one
         pairs = [(citation_accuracy(a["fact_labels"]), citation_accuracy(b["fact_labels"]))
                  for a, b in zip(challenger, champion, strict=True)]
-        a_vals, b_vals = zip(*[(x, y) for x, y in pairs if x is not None and y is not None], strict=True) \
-            if any(x is not None and y is not None for x, y in pairs) else ((), ())
+        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
     else:
-        a_vals = [float(r.get(key, 0.0)) for r in challenger]
-        b_vals = [float(r.get(key, 0.0)) for r in champion]
+        pairs = [(float(a.get(metric, 0.0)), float(b.get(metric, 0.0)))
+                 for a, b in zip(challenger, champion, strict=True)]
+    a_vals, b_vals = [x for x, _ in pairs], [y for _, y in pairs]
     if not a_vals:
         return {"promote": False, "metric": metric, "reason": "no task has the metric for both models"}
-    diff, lo, hi = paired_difference_ci(list(a_vals), list(b_vals), ecfg.bootstrap, ecfg.confidence)
+    diff, lo, hi = paired_difference_ci(a_vals, b_vals, ecfg.bootstrap, ecfg.confidence)
     promote = lo > 0
     return {"promote": promote, "metric": metric, "difference": diff, "ci_lo": lo, "ci_hi": hi,
             "tasks": len(a_vals), "reason": (f"challenger beats champion on {metric} by {diff:+.3f}, interval "
