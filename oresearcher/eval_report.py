@@ -22,7 +22,8 @@ TABLE_METRICS = [("race", "RACE", 1), ("fact_accuracy", "citation accuracy", 100
 def bar_chart(title: str, groups: list[str], series: dict[str, list[tuple[float, float, float] | None]],
               y_max: float = 100.0, ref_line: float | None = 50.0) -> str:
     """Grouped bars with interval whiskers: `series[model][i]` = (value, lo, hi) for `groups[i]`, or None."""
-    w, h, left, bottom, top = 120 * max(len(groups), 1) + 80, 300, 50, 40, 30
+    # groups of bars, then a column for the legend; wide enough for the title however few the groups
+    w, h, left, bottom, top = max(120 * max(len(groups), 1) + 80 + 160, 560), 300, 50, 40, 30
     plot_h = h - bottom - top
     n = max(len(series), 1)
     bar_w = min(28, 90 / n)
