@@ -165,6 +165,9 @@ class TrainConfig(Section):
     num_machines: int = Field(1, ge=1, description="machines; each runs the printed launch command with its "
                                                    "--machine_rank (accelerate's multi-node flags)")
     main_process_port: int = Field(29500, ge=1, le=65535, description="rendezvous port of the launched processes")
+    launch_stall_timeout_s: float = Field(1800, ge=0, description="a launched training whose ranks print nothing "
+                                                                  "for this long is stopped, their stacks dumped "
+                                                                  "to its launch.err; 0: wait forever")
     bf16: Literal[True, False, "auto"] = Field(False, description="bf16 mixed precision; 'auto': where the hardware has "
                                                             "bf16 matrix units (see `bf16_enabled`)")
     max_seq_len: int = Field(2048, ge=128)

@@ -386,7 +386,8 @@ def run_grpo(cfg: Settings, config_path: str, overrides: list[str], start_dir: s
     from oresearcher.launch import distributed, run_launched
 
     if distributed(cfg):
-        return run_launched(cfg, "oresearcher.grpo", entry_args(config_path, overrides, start_dir, output_dir, run_id))
+        return run_launched(cfg, "oresearcher.grpo", entry_args(config_path, overrides, start_dir, output_dir, run_id),
+                            output_dir)
     return _train_here(cfg, start_dir, queries, output_dir, callbacks, run_id)
 
 

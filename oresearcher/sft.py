@@ -147,7 +147,7 @@ def run_sft(cfg: Settings, config_path: str, overrides: list[str], dataset_versi
         out.pop("trainer")
         return out
     return run_launched(cfg, "oresearcher.sft", _entry_args(config_path, overrides, dataset_version, output_dir,
-                                                             run_id))
+                                                             run_id), output_dir)
 
 
 # ------------------------------------------------------------------------------------------ the launched process
