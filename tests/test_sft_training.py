@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -100,17 +101,28 @@ def test_zero3_across_two_cpu_processes_through_the_sft_launch_path(tiny, tmp_pa
     from transformers import AutoModelForCausalLM
 
     from oresearcher.config import load_config
+    from oresearcher.launch import LaunchStalled
     from oresearcher.sft import launch_command, run_sft
+
+    def launch_once(config: str, overrides: list[str], recs: list[dict], out_dir: Path) -> dict:
+        overrides = [*overrides, f"train.main_process_port={free_port()}"]
+        return run_sft(load_config(config, overrides), config, overrides, "v1", recs, out_dir)
 
     data = tmp_path / "data"
     recs = write_filtered_version(data, "accepted", n=4)
     config = str(REPO / "configs" / "tiny.yaml")
     overrides = [f"paths.data_dir={data}", f"model.name={tiny}", "train.deepspeed=zero3", "train.num_processes=2",
-                 f"train.main_process_port={free_port()}", "sft.max_steps=3", "sft.learning_rate=0.01",
-                 "sft.warmup_ratio=0"]
+                 "sft.max_steps=3", "sft.learning_rate=0.01", "sft.warmup_ratio=0",
+                 "train.launch_stall_timeout_s=240"]  # a normal run is never quiet for more than a minute
     cfg = load_config(config, overrides)
     assert launch_command(cfg, config, overrides, "v1", tmp_path / "out")[1:3] == ["-m", "accelerate.commands.launch"]
-    out = run_sft(cfg, config, overrides, "v1", recs, tmp_path / "out")
+    try:
+        out = launch_once(config, overrides, recs, tmp_path / "out")
+    except LaunchStalled as stalled:
+        # Once in CI the two ranks hung for 10 minutes (never seen here in dozens of runs). A second stall fails
+        # the test; the first one's stacks are kept in the warnings summary for whoever finds out why.
+        warnings.warn(f"ZeRO-3 launch stalled once, retried: {stalled}", stacklevel=2)
+        out = launch_once(config, overrides, recs, tmp_path / "out2")
     assert out["ranks"] == [0, 1] and out["world_size"] == 2 and out["steps"] == 3
     assert len(out["losses"]) == 3
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), out["model_dir"])
