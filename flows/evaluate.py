@@ -70,7 +70,6 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
                    models: list[str] | None = None, labels: list[str] | None = None, queries: str | None = None,
                    limit: int | None = None, promote: bool | None = None) -> dict:
     import asyncio
-    import hashlib
     import tempfile
     from pathlib import Path
 
@@ -84,6 +83,7 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     from oresearcher.tracking import client as tracking_client
     from oresearcher.tracking import stage_run
     from tasks.evaluation import (
+        freeze_queries,
         judge_identity,
         log_evaluation,
         model_version,
@@ -91,9 +91,10 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
         reference_reports,
         rubrics,
         score_reports,
+        write_results,
     )
     from tasks.evaluation import promote as promote_task
-    from tasks.versioning import version_data
+    from tasks.versioning import record_inputs, version_data
 
     cfg = load_config(config_path, overrides)
     ecfg = cfg.evaluate
@@ -112,14 +113,7 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     env = ResearchEnvironment.from_config(cfg)
     judge = make_judge(cfg, run="evaluate")
     identity = judge_identity(judge, ecfg)
-    digest = hashlib.sha256("\n".join(t.query for t in tasks).encode()).hexdigest()[:16]
-    if set_name == "heldout":
-        source = str(cfg.paths.resolve(cfg.ingest.heldout_seeds))
-    elif set_key != set_name:  # a seed file
-        source = str(Path(set_name).resolve())
-    else:  # drb, drb-en, drb-zh, drg: the evaluation data the project carries
-        source = f"oresearcher/evalsets/{set_name.split('-')[0]}"
-    dataset = (f"queries-{set_key}", digest, source)
+    queries_path = freeze_queries(cfg, set_key, tasks)  # from the held-out seeds, a seed file or a benchmark
     summaries: dict[str, dict[str, float]] = {}
     scored: dict[str, list[dict]] = {}
     decision = None
@@ -138,18 +132,24 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
         references, ref_path = ({}, None) if ecfg.race == "pointwise" else \
             await reference_reports(cfg, set_key, tasks, env)
         rubric_of = await rubrics(cfg, tasks, judge)
+        inputs = [(f"queries-{queries_path.stem}", queries_path),
+                  *([(f"reference-{ref_path.stem}", ref_path)] if ref_path else [])]
+        inputs_version = version_data(cfg)  # the version holding them, recorded on every run below
         with stage_run(cfg, f"evaluate-{set_key}", tags={"queries": set_name, "tasks": str(len(tasks))}) \
                 as (_, parent_id):
+            record_inputs(cfg, mlflow, parent_id, inputs, "evaluation", version=inputs_version)
             for label, model in candidates:
                 with stage_run(cfg, f"evaluate-{set_key}-{label}",
                                tags={"model": model, "label": label, "queries": set_name,
                                      "mlflow.parentRunId": parent_id}) as (client, run_id):
+                    record_inputs(cfg, client, run_id, inputs, "evaluation", version=inputs_version)
                     rows = await policy_reports(cfg, model, tasks, env)
                     scored[label] = await score_reports(cfg, tasks, rows, references, rubric_of, judge, env, identity,
                                                         on_done)
                     summaries[label] = summarize(scored[label], ecfg)
                     log_evaluation(client, run_id, set_key, summaries[label], scored[label],
-                                   [r["trace"] for r in rows], identity, model, dataset)
+                                   [r["trace"] for r in rows], identity, model)
+                    write_results(cfg, set_key, label, scored[label], [r["trace"] for r in rows])
             want = ecfg.promote if promote is None else promote
             challenger = role(candidates, "challenger")
             champion = role(candidates, "champion") or role(candidates, "base", cfg.model.name)
@@ -167,7 +167,7 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     finally:
         bar.close()
         await judge.client.aclose()
-    data_version = version_data(cfg) if ref_path else None  # the frozen reference reports joined the data tree
+    data_version = version_data(cfg)  # the results joined the data tree
     log.info("%s", text)
     if decision:
         log.info("promotion: %s", decision["summary"])

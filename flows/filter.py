@@ -11,8 +11,6 @@ the version `unreviewed`. A version whose gate was decided keeps that decision o
 
 from __future__ import annotations
 
-import hashlib
-
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -27,13 +25,12 @@ from tasks.filtering import (
     queue_for_review,
     wait_for_review,
 )
-from tasks.versioning import version_data
+from tasks.versioning import record_inputs, version_data
 
 
 @flow(name="filter", log_prints=True)
 async def filter_traces(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None) -> dict:
     from oresearcher import filtering as f
-    from oresearcher.registry import log_dataset_input
     from oresearcher.synthesis import traces_path
     from oresearcher.tracking import stage_run
 
@@ -41,10 +38,7 @@ async def filter_traces(config_path: str = "configs/tiny.yaml", overrides: list[
     log = get_run_logger()
     seed_version, records, topics = load_traces(cfg)
     with stage_run(cfg, "filter", tags={"seed_version": seed_version}) as (mlflow, run_id):
-        # the trace set it filters: the same records give the same digest
-        traces_digest = hashlib.sha256("\n".join(sorted(r["id"] for r in records)).encode()).hexdigest()[:16]
-        log_dataset_input(mlflow, run_id, f"traces-{seed_version}", traces_digest,
-                          str(traces_path(cfg.paths.data)), context="filtering")
+        record_inputs(cfg, mlflow, run_id, [(f"traces-{seed_version}", traces_path(cfg.paths.data))], "filtering")
         verdicts = filter_by_rules(records, topics, cfg, policy_token_counter(cfg))           # tier 1
         judged = await judge_traces(records, verdicts, cfg, str(flow_run.get_id() or run_id))  # tier 2
         version = f.version_id([r["id"] for r in records], cfg.filter.model_dump(mode="json"), judged["identity"],

@@ -16,21 +16,21 @@ from prefect import flow, get_run_logger
 
 from oresearcher.config import load_config
 from tasks.training import register_challenger, reinforce, resolve_start, training_queries
+from tasks.versioning import record_inputs
 
 
 @flow(name="grpo", log_prints=True)
 def grpo(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
          start_from: str | None = None) -> dict:
     from oresearcher.grpo import summary
-    from oresearcher.registry import log_dataset_input
     from oresearcher.seeds import seeds_dir
     from oresearcher.tracking import stage_run
 
     cfg = load_config(config_path, overrides)
     seed_version, queries = training_queries(cfg)
     with stage_run(cfg, "grpo", tags={"seed_version": seed_version}) as (mlflow, run_id):
-        log_dataset_input(mlflow, run_id, f"seeds-{seed_version}", seed_version, str(seeds_dir(cfg.paths.data)),
-                          context="training")  # the queries its rollouts research
+        record_inputs(cfg, mlflow, run_id, [(f"seeds-{seed_version}", seeds_dir(cfg.paths.data) / "seeds.jsonl")],
+                      "training")  # the queries its rollouts research
         start_uri, start_version, start_dir = resolve_start(cfg, mlflow, start_from)
         mlflow.set_tag(run_id, "start_from", start_uri)
         trained = reinforce(cfg, config_path, overrides or [], start_dir, start_version, queries, mlflow, run_id)

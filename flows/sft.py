@@ -15,19 +15,18 @@ from prefect import flow, get_run_logger
 
 from oresearcher.config import load_config
 from tasks.training import fine_tune, read_training_set, register_challenger
+from tasks.versioning import record_inputs
 
 
 @flow(name="sft", log_prints=True)
 def sft(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
         dataset_version: str | None = None) -> dict:
-    from oresearcher.registry import log_dataset_input
     from oresearcher.tracking import stage_run
 
     cfg = load_config(config_path, overrides)
     version, records = read_training_set(cfg, dataset_version)
     with stage_run(cfg, "sft", tags={"dataset_version": version}) as (mlflow, run_id):
-        log_dataset_input(mlflow, run_id, f"filtered-{version}", version,
-                          (cfg.paths.data / "filtered" / version).resolve().as_uri())
+        record_inputs(cfg, mlflow, run_id, [(f"filtered-{version}", cfg.paths.data / "filtered" / version)])
         trained = fine_tune(cfg, config_path, overrides or [], version, records, mlflow, run_id)
         model_version = register_challenger(cfg, mlflow, run_id, trained["model_dir"], "sft",
                                             {"dataset_version": version, "lora": cfg.sft.lora})

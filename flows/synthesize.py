@@ -18,7 +18,7 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 from prefect.runtime import flow_run
 
 from oresearcher.config import load_config
-from tasks.versioning import version_data
+from tasks.versioning import record_inputs, version_data
 
 
 @flow(name="synthesize", log_prints=True)
@@ -27,7 +27,6 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
 
     from models.llm import Budget, LLMStore, make_client
     from oresearcher import tracing
-    from oresearcher.registry import log_dataset_input
     from oresearcher.research.environment import ResearchEnvironment
     from oresearcher.seeds import load_seeds, seeds_dir
     from oresearcher.synthesis import SynthesisContext, open_trace_store, pending, run_seeds
@@ -45,8 +44,8 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
              len(seeds) - len(todo), len(todo))
 
     with stage_run(cfg, "synthesize", tags={"seed_version": seed_version}) as (mlflow, run_id):
-        log_dataset_input(mlflow, run_id, f"seeds-{seed_version}", seed_version, str(seeds_dir(cfg.paths.data)),
-                          context="synthesis")
+        record_inputs(cfg, mlflow, run_id, [(f"seeds-{seed_version}", seeds_dir(cfg.paths.data) / "seeds.jsonl")],
+                      "synthesis")
         if s.mlflow_traces:
             tracing.enable_tracing(cfg.mlflow.resolved_uri(), mlflow.get_run(run_id).info.experiment_id, run_id)
         llm_store = LLMStore(cfg.paths.data / "llm.sqlite")

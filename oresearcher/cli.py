@@ -268,6 +268,21 @@ def cmd_retrain(args) -> int:
     return 0
 
 
+def cmd_restore(args) -> int:
+    from oresearcher.tracking import client
+    from oresearcher.versioning import VersioningError, restore_run
+
+    cfg = _settings(args)
+    uri = cfg.mlflow.resolved_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise VersioningError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (mlflow.tracking_uri)")
+    into = Path(args.into or f"restored/{args.run_id}")
+    for d, r in restore_run(client(cfg), args.run_id, into, args.remote):
+        print(f"{d.name}: {into / d.relpath} ({r.files} file(s), digest {d.digest}, data version {d.version}, "
+              f"read by run {d.run_id})")
+    return 0
+
+
 def cmd_ui(args) -> int:
     """The Prefect server (flow runs, deployments, artifacts) and the MLflow UI (runs, models), both on localhost
     only; Ctrl-C (or SIGTERM) stops both."""
@@ -356,6 +371,8 @@ def _where_to_look(cfg, result: dict) -> str:
         f"  MLflow store: {cfg.mlflow.resolved_uri()} (experiment {cfg.mlflow.experiment})",
         "  review page: .venv/bin/oresearcher review",
         "  data versions (DVC, data.dvc): " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+        f"  the data any run read, byte for byte: .venv/bin/oresearcher restore <run id>   (e.g. "
+        f"{(result.get('evaluation') or {}).get('run_id', '<run id>')}, the final evaluation)",
         f"  models: {cfg.registry.policy_name} in the MLflow Model Registry (@challenger, @champion)",
     ])
 
@@ -493,6 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_ui)
 
+    p = sub.add_parser("restore", help="bring back, byte for byte, the datasets an MLflow run read (from DVC)")
+    p.add_argument("run_id", help="an MLflow run: a stage's, or a summary run (its child runs' inputs)")
+    p.add_argument("--into", default=None, help="an empty folder (default: restored/<run_id>)")
+    p.add_argument("--remote", default=None, help="read from this DVC remote, not the one the run recorded")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_restore)
+
     p = sub.add_parser("run", help="run the pipeline flow on a config")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
@@ -509,9 +533,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from oresearcher.research.corpus import CorpusError
     from oresearcher.research.tape import TapeMiss
     from oresearcher.seeds import IngestError
+    from oresearcher.versioning import VersioningError
 
     return (ConfigError, CorpusError, TapeMiss, FileNotFoundError, IngestError, PermissionError, DatasetError,
-            BudgetExceeded, StartNotFound, QuerySetError)
+            BudgetExceeded, StartNotFound, QuerySetError, VersioningError)
 
 
 def main(argv: list[str] | None = None) -> int:

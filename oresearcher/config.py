@@ -341,6 +341,18 @@ class MlflowConfig(Section):
         return self.tracking_uri
 
 
+class DvcConfig(Section):
+    """Where the data tree's versions go (`oresearcher.versioning`)."""
+
+    remote: str | None = Field(None, description="a folder (relative to the repo) or an object store (s3://bucket/"
+                                                 "prefix, gs://...; install dvc-s3 / dvc-gs); $ORESEARCHER_DVC_REMOTE "
+                                                 "overrides it; unset: the repo's default remote (.dvc-storage)")
+    push: bool = Field(True, description="push every version to the remote (what `oresearcher restore` reads)")
+
+    def resolved_remote(self) -> str | None:
+        return os.environ.get("ORESEARCHER_DVC_REMOTE") or self.remote
+
+
 class IngestConfig(Section):
     min_chars: int = Field(15, ge=1)
     max_chars: int = Field(2000, ge=10)
@@ -503,6 +515,7 @@ class Settings(Section):
     retrain: RetrainConfig = RetrainConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    dvc: DvcConfig = DvcConfig()
     registry: RegistryConfig = RegistryConfig()
 
     @model_validator(mode="after")

@@ -18,8 +18,10 @@ class StartNotFound(LookupError):
     """The registered version a stage should start from is not in the registry."""
 
 
-def log_dataset_input(client, run_id: str, name: str, digest: str, source: str, context: str = "training") -> None:
-    """The dataset a run read, as an MLflow dataset input: name, digest (its version) and where it lives."""
+def log_dataset_input(client, run_id: str, name: str, digest: str, source: str, context: str = "training",
+                      tags: dict[str, str] | None = None) -> None:
+    """The dataset a run read, as an MLflow dataset input: name, digest (its version), where it lives, and `tags`
+    on the input (for a dataset in the data tree: the DVC version and path `oresearcher restore` pulls)."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
@@ -28,8 +30,8 @@ def log_dataset_input(client, run_id: str, name: str, digest: str, source: str, 
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         resolved = resolve_dataset_source(source)
     dataset = MetaDataset(resolved, name=name, digest=digest)
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                     [InputTag("mlflow.data.context", context)])])
+    input_tags = [InputTag("mlflow.data.context", context), *(InputTag(k, v) for k, v in (tags or {}).items())]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), input_tags)])
 
 
 def register_model(client, run_id: str, name: str, model_dir: str | Path, alias: str, tags: dict[str, str]) -> str:

@@ -97,6 +97,31 @@ async def reference_reports(cfg: Settings, set_name: str, tasks: list[EvalTask],
     return {t.id: frozen[t.id]["report"] for t in tasks}, path
 
 
+def freeze_queries(cfg: Settings, set_key: str, tasks: list[EvalTask]) -> Path:
+    """The exact tasks evaluated, frozen in `data/eval/queries/<set>-<digest>.jsonl`: the evaluation's input
+    dataset, versioned with the data tree (a seed file or the project's copy of a benchmark may change later)."""
+    from dataclasses import asdict
+
+    from oresearcher.store import atomic_write_text
+
+    body = "".join(json.dumps(asdict(t), ensure_ascii=False, sort_keys=True) + "\n" for t in tasks)
+    path = cfg.paths.data / "eval" / "queries" / f"{set_key}-{hashlib.sha256(body.encode()).hexdigest()[:12]}.jsonl"
+    if not path.is_file():
+        atomic_write_text(path, body)
+    return path
+
+
+def write_results(cfg: Settings, set_key: str, label: str, rows: list[dict], traces: list[str]) -> Path:
+    """One model's scored rows (and traces) in `data/eval/results/<set>/<label>.jsonl`: the evaluation's output
+    dataset, in the data version the flow records when it ends."""
+    from oresearcher.store import atomic_write_text
+
+    path = cfg.paths.data / "eval" / "results" / set_key / f"{label}.jsonl"
+    atomic_write_text(path, "".join(json.dumps({**r, "trace": t}, ensure_ascii=False) + "\n"
+                                    for r, t in zip(rows, traces, strict=True)))
+    return path
+
+
 @task(name="rubrics", cache_policy=NO_CACHE)
 async def rubrics(cfg: Settings, tasks: list[EvalTask], judge) -> dict:
     """Each task's RACE rubric: DeepResearch Bench's official one, or the judge's (asked once per task)."""
@@ -130,14 +155,12 @@ async def score_reports(cfg: Settings, tasks: list[EvalTask], rows: list[dict], 
 
 @task(name="log-evaluation", cache_policy=NO_CACHE)
 def log_evaluation(mlflow, run_id: str, set_name: str, summary: dict[str, float], rows: list[dict],
-                   traces: list[str], identity: dict, model: str, dataset: tuple[str, str, str]) -> None:
+                   traces: list[str], identity: dict, model: str) -> None:
     """`eval/<set>/<metric>` on the model's run, the per-task table and traces as artifacts, the judge as tags,
-    the query set as the run's dataset input, and the run linked from the model version it evaluated."""
+    and the run linked from the model version it evaluated (its input datasets: `record_inputs`)."""
     import time
 
     from mlflow.entities import Metric, RunTag
-
-    from oresearcher.registry import log_dataset_input
 
     now = int(time.time() * 1000)
     mlflow.log_batch(run_id, metrics=[Metric(f"eval/{set_name}/{k}", float(v), now, 0) for k, v in summary.items()],
@@ -153,8 +176,6 @@ def log_evaluation(mlflow, run_id: str, set_name: str, summary: dict[str, float]
     mlflow.log_text(run_id, json.dumps(table, ensure_ascii=False, indent=1), f"eval/{set_name}/tasks.json")
     mlflow.log_text(run_id, "".join(json.dumps({**r, "trace": t}, ensure_ascii=False) + "\n"
                                     for r, t in zip(rows, traces, strict=True)), f"eval/{set_name}/reports.jsonl")
-    name, digest, source = dataset
-    log_dataset_input(mlflow, run_id, name, digest, source, context="evaluation")
     if model.startswith("models:/"):
         version = model_version(mlflow, model)
         if version is not None:

@@ -1,6 +1,12 @@
-"""Tasks that version what a stage wrote under `data/` (DVC)."""
+"""Tasks that version the data tree (DVC) and record, on a stage's MLflow run, the datasets it read: each one's
+DVC digest and path in a version pushed to the remote, which is what `oresearcher restore RUN_ID` brings back."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from prefect import task
 
@@ -15,4 +21,53 @@ def version_data(cfg: Settings) -> str | None:
 
     if dvc_root(cfg.paths.data.parent) is None:
         return None
-    return dvc_version(cfg.paths.data)
+    return dvc_version(cfg.paths.data, cfg.dvc.resolved_remote(), cfg.dvc.push)
+
+
+@task(name="record-inputs")
+def record_inputs(cfg: Settings, client, run_id: str, datasets: list[tuple[str, Path]],
+                  context: str = "training", version: str | None = None) -> str | None:
+    """Version the tree (so the version holds exactly what the run is about to read), then log each (name, path
+    under the data tree) as an MLflow dataset input: digest = its DVC digest, tags `dvc.version` and `dvc.path`;
+    the run gets `dvc.data_version` and `dvc.remote`. Without a DVC repository the digests come from the files.
+    `version`: one already recorded that holds these datasets (several runs reading the same ones)."""
+    from oresearcher.registry import log_dataset_input
+    from oresearcher.versioning import dataset_digest, dvc_root, manifest, remote_url
+
+    data = cfg.paths.data.resolve()
+    version = version or version_data.fn(cfg)
+    entries = manifest(data, version) if version else _files_manifest(data)
+    for name, path in datasets:
+        rel = Path(path).resolve().relative_to(data).as_posix()
+        tags = {"dvc.version": version, "dvc.path": rel} if version else {}
+        log_dataset_input(client, run_id, name, dataset_digest(entries, rel), str(Path(path).resolve()), context,
+                          tags)
+    if version:
+        remote = remote_url(dvc_root(data.parent), cfg.dvc.resolved_remote())
+        client.set_tag(run_id, "dvc.data_version", version)
+        client.set_tag(run_id, "dvc.remote", _without_credentials(remote))
+    return version
+
+
+def _files_manifest(data: Path) -> dict[str, str]:
+    """relpath -> md5 of the tree's files, as a DVC version would list them (the stores left out)."""
+    from fnmatch import fnmatch
+
+    from oresearcher.versioning import STORE_PATTERNS, file_md5
+
+    return {p.relative_to(data).as_posix(): file_md5(p) for p in sorted(data.rglob("*"))
+            if p.is_file() and not any(fnmatch(p.name, pat) for pat in STORE_PATTERNS)}
+
+
+def _without_credentials(url: str) -> str:
+    """A remote URL as it may be logged: any user:password@ part dropped (object stores take keys from the
+    environment; a URL should not carry them, but one that does must not reach MLflow)."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    return url
+
+
+def content_digest(rows: list) -> str:
+    """A short digest of JSON-able rows (a query set's identity before it is frozen into the tree)."""
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]

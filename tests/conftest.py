@@ -29,3 +29,22 @@ def settings_factory(tmp_path):
         return load_config(REPO / "configs" / "tiny.yaml", [*base, *overrides])
 
     return make
+
+
+def dvc(*args, cwd):
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def dvc_repo(tmp_path):
+    """A throwaway git + DVC repository with `data/` and a local remote in `tmp_path/remote`."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc("init", "-q", cwd=repo)
+    dvc("remote", "add", "-d", "local", str(tmp_path / "remote"), cwd=repo)
+    return repo

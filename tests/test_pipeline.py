@@ -1,9 +1,9 @@
-"""DVC versioning, and the pipeline flow end to end (stand-in teacher API) inside a throwaway git + DVC repo."""
+"""The pipeline flow end to end (stand-in teacher API) inside a throwaway git + DVC repo."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,46 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oresearcher.versioning import VersioningError, version_data
-
 REPO = Path(__file__).resolve().parent.parent
-
-
-def dvc(*args, cwd):
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture
-def dvc_repo(tmp_path):
-    repo = tmp_path / "repo"
-    (repo / "data").mkdir(parents=True)
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    dvc("init", "-q", cwd=repo)
-    dvc("remote", "add", "-d", "local", str(tmp_path / "remote"), cwd=repo)
-    return repo
-
-
-def test_version_data_includes_uncheckpointed_sqlite_and_restores(dvc_repo):
-    db = dvc_repo / "data" / "tape.sqlite"
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE t (x)")
-    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
-    conn.commit()  # rows sit in the -wal file; the connection stays open
-    version = version_data(dvc_repo / "data")
-    conn.close()
-    assert version.endswith(".dir")
-    assert yaml.safe_load((dvc_repo / "data.dvc").read_text())["outs"][0]["md5"] == version
-    # Restore from the remote alone: drop the workspace copy and the local cache.
-    subprocess.run(["rm", "-rf", str(dvc_repo / "data"), str(dvc_repo / ".dvc" / "cache")], check=True)
-    dvc("pull", "-q", cwd=dvc_repo)
-    assert sqlite3.connect(dvc_repo / "data" / "tape.sqlite").execute("SELECT COUNT(*) FROM t").fetchone()[0] == 100
-
-
-def test_version_data_outside_a_dvc_repo_is_a_clear_error(tmp_path):
-    (tmp_path / "data").mkdir()
-    with pytest.raises(VersioningError, match="not inside a DVC repository"):
-        version_data(tmp_path / "data")
 
 
 @pytest.fixture(scope="module")
@@ -198,11 +159,44 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
 
     printed = _evaluation_lines(ev)
     assert "evaluation on heldout, 2 tasks" in printed and "promotion:" in printed and "report.html" in printed
+
+    # DVC: each stage run that read the data tree names the version and the path of each input; the final
+    # evaluation's inputs (its frozen queries and reference reports) come back byte for byte through
+    # `oresearcher restore` on a fresh clone that reaches the remote, though the workspace has moved on since and
+    # the local DVC cache is gone.
+    for name in ("synthesize", "filter", "sft", "grpo", "evaluate-heldout", "evaluate-heldout-grpo"):
+        tags = [{t.key: t.value for t in d.tags} for d in runs[name].inputs.dataset_inputs]
+        assert tags and all(t.get("dvc.version", "").endswith(".dir") and t.get("dvc.path") for t in tags), name
+    read = {t.value for d in runs["evaluate-heldout-grpo"].inputs.dataset_inputs for t in d.tags if t.key == "dvc.path"}
+    assert {p.split("/")[1] for p in read} == {"queries", "reference"}
+    before = {p: (dvc_repo / "data" / p).read_bytes() for p in read}
+    for p in read:
+        with open(dvc_repo / "data" / p, "a") as f:
+            f.write("{}\n")
+    subprocess.run(["rm", "-rf", str(dvc_repo / ".dvc" / "cache")], check=True)
+    from checkout import fresh_checkout
+
+    clone = fresh_checkout(tmp_path / "clone")
+    proc = subprocess.run([sys.executable, "-m", "oresearcher.cli", "restore", ev["run_id"], "--into",
+                           str(tmp_path / "back"), "--set", f"mlflow.tracking_uri={uri}"], cwd=clone,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    shutil.rmtree(clone)  # a copy of the sources (this file names the secret the scan below looks for)
+    assert {p: (tmp_path / "back" / p).read_bytes() for p in read} == before
+    assert sorted(str(p.relative_to(tmp_path / "back")) for p in (tmp_path / "back").rglob("*") if p.is_file()) \
+        == sorted(read)
+    # the pipeline run read nothing itself: its stages' inputs, each at the version its stage recorded
+    from oresearcher.versioning import restore_run
+
+    every = restore_run(client, parent, tmp_path / "all")
+    assert {d.relpath for d, _ in every} == {"seeds/seeds.jsonl", "traces/traces.jsonl",
+                                             f"filtered/{filt['version']}", *read}
     from oresearcher.cli import _where_to_look
     from oresearcher.config import load_config
 
     where = _where_to_look(load_config(REPO / "configs" / "tiny.yaml", [f"mlflow.tracking_uri={uri}"]), result)
     assert f"evaluation {ev['data_version']}" in where and "oresearcher ui" in where and uri in where
+    assert "oresearcher restore <run id>" in where and ev["run_id"] in where
 
     # The key travelled only in the Authorization header: not in any file written, the MLflow database
     # (params, traces) or the run's logs (what the console showed, as stored by Prefect).
