@@ -94,7 +94,7 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
         write_results,
     )
     from tasks.evaluation import promote as promote_task
-    from tasks.versioning import record_inputs, version_data
+    from tasks.versioning import lineage_card, record_inputs, record_outputs, version_data
 
     cfg = load_config(config_path, overrides)
     ecfg = cfg.evaluate
@@ -116,6 +116,7 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     queries_path = freeze_queries(cfg, set_key, tasks)  # from the held-out seeds, a seed file or a benchmark
     summaries: dict[str, dict[str, float]] = {}
     scored: dict[str, list[dict]] = {}
+    results: dict[str, Path] = {}  # run id -> the results it wrote into the data tree
     decision = None
     progress = await acreate_progress_artifact(0.0, key=f"evaluation-progress-{_artifact_key(set_key)}",
                                                description=f"{len(candidates)} models x {len(tasks)} tasks scored")
@@ -149,7 +150,7 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
                     summaries[label] = summarize(scored[label], ecfg)
                     log_evaluation(client, run_id, set_key, summaries[label], scored[label],
                                    [r["trace"] for r in rows], identity, model)
-                    write_results(cfg, set_key, label, scored[label], [r["trace"] for r in rows])
+                    results[run_id] = write_results(cfg, set_key, label, scored[label], [r["trace"] for r in rows])
             want = ecfg.promote if promote is None else promote
             challenger = role(candidates, "challenger")
             champion = role(candidates, "champion") or role(candidates, "base", cfg.model.name)
@@ -168,6 +169,10 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
         bar.close()
         await judge.client.aclose()
     data_version = version_data(cfg)  # the results joined the data tree
+    for child_id, path in results.items():
+        record_outputs(cfg, mlflow, child_id, [path], data_version)
+    record_outputs(cfg, mlflow, parent_id, [p for _, p in inputs], inputs_version)  # frozen here, first
+    lineage_card(mlflow, parent_id, f"Evaluation on {set_key}")
     log.info("%s", text)
     if decision:
         log.info("promotion: %s", decision["summary"])

@@ -25,7 +25,7 @@ from tasks.filtering import (
     queue_for_review,
     wait_for_review,
 )
-from tasks.versioning import record_inputs, version_data
+from tasks.versioning import lineage_card, record_inputs, record_outputs, version_data
 
 
 @flow(name="filter", log_prints=True)
@@ -62,6 +62,8 @@ async def filter_traces(config_path: str = "configs/tiny.yaml", overrides: list[
         for key, value in {"filtered_version": version, "gate": gate["status"],
                            "data_version": str(data_version)}.items():
             mlflow.set_tag(run_id, key, value)
+        record_outputs(cfg, mlflow, run_id, [cfg.paths.data / "filtered" / version], data_version)
+        lineage_card(mlflow, run_id, f"Filtered version {version}")
     log.info("filtered version %s: %s", version, summary)
     if gate["status"] == "blocked":
         log.warning("batch %s is blocked from training: %s", version, gate["reason"])

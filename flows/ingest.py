@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from oresearcher.config import load_config
 from oresearcher.seeds import format_report, seeds_dir
 from tasks.ingest import check_seed_files, write_seeds
-from tasks.versioning import version_data
+from tasks.versioning import lineage_card, record_outputs, version_data
 
 
 @flow(name="ingest", log_prints=True)
@@ -36,5 +36,7 @@ def ingest(paths: list[str], config_path: str = "configs/tiny.yaml", overrides: 
         data_version = version_data(cfg)
         mlflow.set_tag(run_id, "seed_version", version)
         mlflow.set_tag(run_id, "data_version", str(data_version))
+        record_outputs(cfg, mlflow, run_id, [seeds_dir(cfg.paths.data) / "seeds.jsonl"], data_version)
+        lineage_card(mlflow, run_id, f"Seed set {version}")
     return {"seed_version": version, "data_version": data_version, "counts": result.counts(),
             "report": json.loads((seeds_dir(cfg.paths.data) / "report.json").read_text())["counts"]}

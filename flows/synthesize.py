@@ -18,7 +18,7 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 from prefect.runtime import flow_run
 
 from oresearcher.config import load_config
-from tasks.versioning import record_inputs, version_data
+from tasks.versioning import lineage_card, record_inputs, record_outputs, version_data
 
 
 @flow(name="synthesize", log_prints=True)
@@ -29,7 +29,7 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
     from oresearcher import tracing
     from oresearcher.research.environment import ResearchEnvironment
     from oresearcher.seeds import load_seeds, seeds_dir
-    from oresearcher.synthesis import SynthesisContext, open_trace_store, pending, run_seeds
+    from oresearcher.synthesis import SynthesisContext, open_trace_store, pending, run_seeds, traces_path
     from oresearcher.tracking import stage_run
     from tasks.synthesis import synthesize_seed
 
@@ -78,6 +78,8 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
         data_version = version_data(cfg)
         mlflow.set_tag(run_id, "status", status)
         mlflow.set_tag(run_id, "data_version", str(data_version))
+        record_outputs(cfg, mlflow, run_id, [traces_path(cfg.paths.data)], data_version)
+        lineage_card(mlflow, run_id, f"Traces of seed version {seed_version}")
         mlflow.set_tag(run_id, "teacher", ctx.client.model_id)
     log.info("synthesis %s: %s", status, metrics)
     return {"status": status, "data_version": data_version, **metrics}

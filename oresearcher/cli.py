@@ -283,6 +283,24 @@ def cmd_restore(args) -> int:
     return 0
 
 
+def cmd_lineage(args) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from oresearcher.lineage import lineage_card, model_run, render
+    from oresearcher.tracking import client
+
+    mlflow = client(_settings(args))
+    run_id = model_run(mlflow, args.ref) if args.ref.startswith("models:/") else args.ref
+    try:
+        mlflow.get_run(run_id or "")
+    except MlflowException:
+        run_id = None
+    if run_id is None:
+        raise FileNotFoundError(f"no MLflow run or registered model version {args.ref} in {mlflow.tracking_uri}")
+    print(render(lineage_card(mlflow, run_id), f"Lineage of {args.ref}"))
+    return 0
+
+
 def cmd_ui(args) -> int:
     """The Prefect server (flow runs, deployments, artifacts) and the MLflow UI (runs, models), both on localhost
     only; Ctrl-C (or SIGTERM) stops both."""
@@ -516,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote", default=None, help="read from this DVC remote, not the one the run recorded")
     _add_config_args(p)
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("lineage", help="where a run's or a model version's data and models came from")
+    p.add_argument("ref", help="an MLflow run id, or models:/NAME/N or models:/NAME@ALIAS")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_lineage)
 
     p = sub.add_parser("run", help="run the pipeline flow on a config")
     _add_config_args(p)

@@ -43,11 +43,17 @@ def fine_tune(cfg: Settings, config_path: str, overrides: list[str], dataset_ver
 
 @task(name="register-challenger", cache_policy=NO_CACHE)
 def register_challenger(cfg: Settings, mlflow, run_id: str, model_dir: str, stage: str, tags: dict) -> str:
-    """The checkpoint as a new registered version of the policy, alias `challenger`."""
+    """The checkpoint as a new registered version of the policy, alias `challenger`; its lineage card (the data
+    and runs it came from, `oresearcher.lineage`) becomes the version's description in the registry."""
     from oresearcher.registry import register_model
+    from tasks.versioning import lineage_card
 
-    return register_model(mlflow, run_id, cfg.registry.policy_name, model_dir, alias="challenger",
-                          tags={"stage": stage, "base_model": cfg.model.name, "run_id": run_id, **tags})
+    name = cfg.registry.policy_name
+    version = register_model(mlflow, run_id, name, model_dir, alias="challenger",
+                             tags={"stage": stage, "base_model": cfg.model.name, "run_id": run_id, **tags})
+    card = lineage_card.fn(mlflow, run_id, f"{name} version {version} ({stage})")
+    mlflow.update_model_version(name, version, description=card)
+    return version
 
 
 # ------------------------------------------------------------------------------------------------------- GRPO

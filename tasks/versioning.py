@@ -49,6 +49,31 @@ def record_inputs(cfg: Settings, client, run_id: str, datasets: list[tuple[str, 
     return version
 
 
+@task(name="record-outputs")
+def record_outputs(cfg: Settings, client, run_id: str, paths: list[Path], version: str | None) -> None:
+    """Tag the run with what it wrote: `dvc.out.<path in the data tree>` = that dataset's digest in `version` (the
+    one recorded after writing), which is how a lineage card finds the run that made a dataset."""
+    from oresearcher.lineage import OUT_TAG
+    from oresearcher.versioning import dataset_digest, manifest
+
+    data = cfg.paths.data.resolve()
+    entries = manifest(data, version) if version else _files_manifest(data)
+    for path in paths:
+        rel = Path(path).resolve().relative_to(data).as_posix()
+        client.set_tag(run_id, OUT_TAG + rel, dataset_digest(entries, rel))
+
+
+@task(name="lineage-card")
+def lineage_card(client, run_id: str, title: str) -> str:
+    """The run's lineage card (`oresearcher.lineage`), logged on it as `lineage.md`; returns the markdown."""
+    from oresearcher.lineage import lineage_card as walk
+    from oresearcher.lineage import render
+
+    text = render(walk(client, run_id), title)
+    client.log_text(run_id, text, "lineage.md")
+    return text
+
+
 def _files_manifest(data: Path) -> dict[str, str]:
     """relpath -> md5 of the tree's files, as a DVC version would list them (the stores left out)."""
     from fnmatch import fnmatch

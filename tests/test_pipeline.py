@@ -185,6 +185,19 @@ def test_pipeline_ingests_synthesizes_versions_and_tracks(prefect_server, dvc_re
     assert {p: (tmp_path / "back" / p).read_bytes() for p in read} == before
     assert sorted(str(p.relative_to(tmp_path / "back")) for p in (tmp_path / "back").rglob("*") if p.is_file()) \
         == sorted(read)
+    # Lineage cards: the GRPO version's description in the registry walks back to the seed files, through the
+    # runs that wrote each dataset it came from; the evaluation run's card reaches the models it compared.
+    card = client.get_model_version("o-researcher-policy", result["grpo"]["model_version"]).description
+    stages = [line.split(" (run ")[0].removeprefix("## ") for line in card.splitlines() if line.startswith("## ")]
+    assert stages[:5] == ["grpo", "ingest", "sft", "filter", "synthesize"], card
+    assert f"wrote `filtered/{filt['version']}`" in card and "read default.jsonl" in card
+    assert f"`{runs['synthesize'].info.run_id}`" in card and "synth/cost_usd" in card
+    from oresearcher.cli import main as cli_main
+
+    assert cli_main(["lineage", f"models:/o-researcher-policy/{result['grpo']['model_version']}", "--set",
+                     f"mlflow.tracking_uri={uri}"]) == 0
+    ev_card = Path(client.download_artifacts(ev["run_id"], "lineage.md", str(tmp_path))).read_text()
+    assert "## evaluate-heldout-grpo" in ev_card and "## grpo" in ev_card and "## ingest" in ev_card
     # the pipeline run read nothing itself: its stages' inputs, each at the version its stage recorded
     from oresearcher.versioning import restore_run
 

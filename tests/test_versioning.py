@@ -103,6 +103,7 @@ def test_a_run_records_its_inputs_and_restore_brings_them_back(dvc_repo, tmp_pat
     assert inputs["filtered-v1"][1]["dvc.path"] == "filtered/v1" and inputs["reference"][1]["dvc.version"] == version
 
     (data / "filtered" / "v1" / "traces.jsonl").write_bytes(b"changed since\n")
+    assert version_data(data, "../remote") != version  # a newer version, in data.dvc and in the remote
     shutil.rmtree(dvc_repo / ".dvc" / "cache")
     restored = restore_run(client, parent, tmp_path / "back")  # the parent read nothing: its child's inputs
     assert sorted(d.relpath for d, _ in restored) == ["eval/reference/heldout-abc.jsonl", "filtered/v1"]
