@@ -31,7 +31,7 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
     from oresearcher.seeds import load_seeds, seeds_dir
     from oresearcher.synthesis import SynthesisContext, open_trace_store, pending, run_seeds, traces_path
     from oresearcher.tracking import stage_run
-    from tasks.synthesis import synthesize_seed
+    from tasks.synthesis import dask_runner, dask_task_runner, synthesize_seed
 
     cfg = load_config(config_path, overrides)
     s = cfg.synthesis
@@ -63,9 +63,14 @@ async def synthesize(config_path: str = "configs/tiny.yaml", overrides: list[str
                 bar.update(1)
                 await aupdate_progress_artifact(artifact, 100.0 * done["n"] / max(1, len(todo)))
 
-        runner = synthesize_seed.with_options(retries=s.seed_retries)
         try:
-            outcomes = await run_seeds(todo, ctx, runner, on_done)
+            if s.task_runner == "dask":  # each seed a task on a Dask cluster, its worker's own clients
+                with dask_task_runner(cfg) as cluster:
+                    outcomes = await run_seeds(todo, ctx, dask_runner(cfg, config_path, overrides or [], seed_version,
+                                                                      str(flow_run.get_id() or run_id), cluster),
+                                               on_done)
+            else:
+                outcomes = await run_seeds(todo, ctx, synthesize_seed.with_options(retries=s.seed_retries), on_done)
         finally:
             bar.close()
             await client.aclose()

@@ -409,6 +409,13 @@ class SynthesisConfig(Section):
     seed_retries: int = Field(2, ge=0, description="Prefect retries of a seed's task on unexpected errors")
     limit: int | None = Field(None, ge=1, description="only the first N seeds (smoke runs)")
     mlflow_traces: bool = Field(True, description="log agent and tool spans as MLflow traces")
+    task_runner: Literal["local", "dask"] = Field(
+        "local", description="'local': seeds run concurrently in the flow's process; 'dask': each seed is a task on "
+                             "a Dask cluster (prefect-dask), each worker process with its own clients")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (tcp://host:8786); "
+                                                       "unset: a local cluster of `dask_workers` processes")
+    dask_workers: int = Field(2, ge=1, description="worker processes of the local Dask cluster; the cost and token "
+                                                   "caps are split evenly among them")
     guide: GuideConfig = GuideConfig()
 
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -94,7 +95,8 @@ class JsonlStore:
             if key in self.keys:
                 return False
             with self.path.open("ab") as f:
-                start = f.tell()
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # other processes (Dask workers) append to the same file
+                start = f.seek(0, os.SEEK_END)  # the end now, after their appends
                 try:
                     f.write(line.encode("utf-8"))
                     f.flush()

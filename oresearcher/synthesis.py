@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -71,7 +73,7 @@ def make_record(seed: Seed, candidate: int, result: ResearchResult, ctx: Synthes
         "prompts": ctx.prompts, "config": ctx.cfg.name,
         "timings": {k: round(v, 3) for k, v in result.timings.items()}, "failure": result.failure,
         "retryable": result.retryable,
-        "created": time.time(),
+        "created": time.time(), "worker": f"{socket.gethostname()}:{os.getpid()}",  # which process made it
     }
 
 

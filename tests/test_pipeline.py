@@ -295,3 +295,44 @@ def test_an_endpoint_that_refuses_grammars_fails_seeds_retryably_and_names_the_s
         assert all("set synthesis.teacher.grammar_api" in r["failure"] for r in records)
         fixed = asyncio.run(synthesize(**args, overrides=[*base, url, "synthesis.teacher.grammar_api=none"]))
     assert fixed["status"] == "complete" and fixed["valid"] == 2 and fixed["failures"] == 0
+
+
+@pytest.mark.slow
+def test_synthesis_on_a_dask_cluster_of_two_processes_gives_the_same_traces(prefect_server, tmp_path):
+    """`synthesis.task_runner=dask`: the synthesize flow's seeds run as tasks on a local Dask cluster of two worker
+    processes (prefect-dask's DaskTaskRunner), each with its own clients, all appending to one trace store; the
+    traces are the ones the default runner writes."""
+    import asyncio
+    import os
+
+    from teacher_api import SHAPE, TeacherAPI
+
+    from flows.synthesize import synthesize
+    from oresearcher.seeds import ingest_files, write_seed_version
+
+    def overrides(data: Path, url: str) -> list[str]:
+        return [f"paths.data_dir={data}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                f"research.tape.path={data / 'tape.sqlite'}", "synthesis.limit=4", "synthesis.mlflow_traces=false",
+                "synthesis.prefill_think=false", "synthesis.teacher.backend=openai", "synthesis.max_subtasks=3",
+                f"synthesis.teacher.base_url={url}", *SHAPE]
+
+    def records(data: Path) -> list[dict]:
+        return [json.loads(line) for line in (data / "traces" / "traces.jsonl").read_text().splitlines()]
+
+    local, dask = tmp_path / "local" / "data", tmp_path / "dask" / "data"
+    for data in (local, dask):
+        write_seed_version(ingest_files([REPO / "seeds" / "default.jsonl"], load_config_tiny().ingest), data,
+                           [REPO / "seeds" / "default.jsonl"])
+    args = {"config_path": str(REPO / "configs" / "tiny.yaml")}
+    with TeacherAPI(latency_s=0.0) as api:
+        by_default = asyncio.run(synthesize(**args, overrides=overrides(local, api.base_url)))
+        on_dask = asyncio.run(synthesize(**args, overrides=[*overrides(dask, api.base_url),
+                                                            "synthesis.task_runner=dask", "synthesis.dask_workers=2"]))
+    assert by_default["status"] == on_dask["status"] == "complete" and on_dask["traces"] == 4
+    made = {(r["seed_id"], r["candidate"]): (r["id"], r["trace"], r["report"], r["valid"]) for r in records(dask)}
+    assert made == {(r["seed_id"], r["candidate"]): (r["id"], r["trace"], r["report"], r["valid"])
+                    for r in records(local)}
+    assert len(records(dask)) == 4  # each seed once, though two processes appended to the one file
+    workers = {r["worker"] for r in records(dask)}
+    assert len(workers) == 2 and not any(w.endswith(f":{os.getpid()}") for w in workers), workers
+    assert {r["worker"] for r in records(local)} == {f"{__import__('socket').gethostname()}:{os.getpid()}"}
