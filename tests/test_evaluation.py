@@ -255,7 +255,13 @@ def test_evaluate_flow_scores_logs_freezes_references_and_reruns_from_cache(pref
     assert r.data.metrics["eval/drb/race"] == pytest.approx(m["race"])
     assert {"eval/drb/fact_accuracy", "eval/drb/race_ci_lo", "eval/drb/race_insight"} <= set(r.data.metrics)
     assert r.data.tags["judge.model"] and r.data.tags["judge.prompt_sha"] and "judge.temperature" in r.data.tags
-    assert r.inputs.dataset_inputs[0].dataset.name == "queries-drb"
+    # its inputs, frozen in the data tree: the exact tasks, and the reference reports; its results written there
+    names = sorted(d.dataset.name for d in r.inputs.dataset_inputs)
+    assert names[0].startswith("queries-drb-") and names[1:] == [f"reference-{frozen[0].stem}"]
+    queries = tmp_path / "data" / "eval" / "queries" / f"{names[0].removeprefix('queries-')}.jsonl"
+    assert [json.loads(x)["language"] for x in queries.read_text().splitlines()] == ["en", "zh", "en", "zh"]
+    results = (tmp_path / "data" / "eval" / "results" / "drb" / "policy.jsonl").read_text().splitlines()
+    assert [json.loads(x)["id"] for x in results] == [json.loads(x)["id"] for x in queries.read_text().splitlines()]
     table = json.loads(Path(client.download_artifacts(r.info.run_id, "eval/drb/tasks.json", str(tmp_path))).read_text())
     assert [row[1] for row in table["data"]] == ["en", "zh", "en", "zh"]
     rows = [json.loads(x) for x in Path(client.download_artifacts(r.info.run_id, "eval/drb/reports.jsonl",
