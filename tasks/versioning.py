@@ -39,7 +39,7 @@ def record_inputs(cfg: Settings, client, run_id: str, datasets: list[tuple[str, 
     entries = manifest(data, version) if version else _files_manifest(data)
     for name, path in datasets:
         rel = Path(path).resolve().relative_to(data).as_posix()
-        tags = {"dvc.version": version, "dvc.path": rel} if version else {}
+        tags = {"dvc.path": rel, **({"dvc.version": version} if version else {})}  # path: for lineage, always
         log_dataset_input(client, run_id, name, dataset_digest(entries, rel), str(Path(path).resolve()), context,
                           tags)
     if version:

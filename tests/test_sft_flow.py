@@ -40,7 +40,10 @@ def test_sft_flow_trains_logs_and_registers_a_challenger(prefect_server, tmp_pat
     assert mv.tags["dataset_version"] == version and mv.tags["stage"] == "sft"
     run = client.get_run(result["run_id"])
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 4
-    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [version]
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]  # the filtered version, by its content digest
+    assert dataset.name == f"filtered-{version}" and len(dataset.digest) == 32
+    assert mv.description.startswith(f"# o-researcher-policy version {mv.version} (sft)")  # its lineage card
+    assert f"read filtered-{version}: `filtered/{version}` @ `{dataset.digest}`" in mv.description
     local = download_model("models:/o-researcher-policy@challenger", uri, tmp_path / "dl")
     assert (__import__("pathlib").Path(local) / "adapter_config.json").is_file()
 
