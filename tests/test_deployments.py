@@ -38,6 +38,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # three deployments, the whole pipeline among them: ~3 min alone, far more on loaded cores
 def test_deployments_run_from_a_fresh_clone(tmp_path):
     clone = fresh_checkout(tmp_path / "alone" / "clone")  # no ../shared, no .venv, no data/ beside or inside
     api = f"http://127.0.0.1:{free_port()}/api"
