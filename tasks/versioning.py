@@ -3,8 +3,6 @@ DVC digest and path in a version pushed to the remote, which is what `oresearche
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -92,7 +90,3 @@ def _without_credentials(url: str) -> str:
         return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
     return url
 
-
-def content_digest(rows: list) -> str:
-    """A short digest of JSON-able rows (a query set's identity before it is frozen into the tree)."""
-    return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
