@@ -68,11 +68,10 @@ def sft_bare(cfg, records, steps: int, out: Path) -> tuple[float, int]:
     """A bare TRL script: the conversation in TRL's prompt-completion format, TRL tokenizes and masks."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from models.resolve import resolve_model
+    from models.resolve import num_layers, resolve_model
     from oresearcher.sft import policy_messages
 
     s = cfg.sft
@@ -84,8 +83,7 @@ def sft_bare(cfg, records, steps: int, out: Path) -> tuple[float, int]:
                      logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
                      dataloader_num_workers=0, seed=s.seed, warmup_steps=s.warmup_ratio, bf16=cfg.train.bf16_enabled(),
                      gradient_checkpointing=False)  # TRL's default is on; ours is off: same settings on both sides
-    lora = LoraConfig(task_type="CAUSAL_LM", r=s.adapter.r, lora_alpha=s.adapter.alpha, lora_dropout=s.adapter.dropout,
-                      target_modules=s.adapter.target_modules)
+    lora = s.adapter.lora(num_layers(model))
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(
         model), peft_config=lora)
     trainer.train()
@@ -170,7 +168,6 @@ def grpo_bare(cfg, start: str, queries: list[str], out: Path) -> dict:
     """A bare TRL script of the same work: `bare_rollouts` through TRL's rollout hook, a format reward."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
     from models.resolve import is_adapter, load_policy
@@ -192,8 +189,7 @@ def grpo_bare(cfg, start: str, queries: list[str], out: Path) -> dict:
                       logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
                       disable_dropout=True, seed=g.seed, bf16=cfg.train.bf16_enabled(),
                       gradient_checkpointing=False)  # as ours (TRL's default is on)
-    lora = None if adapter else LoraConfig(task_type="CAUSAL_LM", r=g.adapter.r, lora_alpha=g.adapter.alpha,
-                                           lora_dropout=g.adapter.dropout, target_modules=g.adapter.target_modules)
+    lora = None if adapter else g.adapter.lora(model.config.num_hidden_layers)
     trainer = GRPOTrainer(model=model, reward_funcs=[fmt], args=args, processing_class=tok, peft_config=lora,
                           train_dataset=Dataset.from_list([{"prompt": policy_messages(q)} for q in queries]),
                           rollout_func=bare_rollouts(cfg, ResearchEnvironment.from_config(cfg)))

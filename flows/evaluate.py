@@ -21,7 +21,7 @@ from oresearcher.config import load_config
 
 def default_models(cfg, mlflow) -> list[tuple[str, str]]:
     """(label, model): the base model, the champion and the challenger when registered."""
-    from tasks.evaluation import model_version
+    from oresearcher.registry import model_version
 
     out, seen = [("base", cfg.model.name)], set()
     for alias in ("champion", "challenger"):
@@ -79,6 +79,7 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
     from oresearcher import eval_report
     from oresearcher.evaluation import promotion, query_set, summarize
     from oresearcher.judge import make_judge
+    from oresearcher.registry import model_version
     from oresearcher.research.environment import ResearchEnvironment
     from oresearcher.tracking import client as tracking_client
     from oresearcher.tracking import stage_run
@@ -86,7 +87,6 @@ async def evaluate(config_path: str = "configs/tiny.yaml", overrides: list[str] 
         freeze_queries,
         judge_identity,
         log_evaluation,
-        model_version,
         policy_reports,
         reference_reports,
         rubrics,

@@ -131,6 +131,13 @@ def load_model_and_tokenizer(name: str, cache_dir: Path | None = None, dtype: st
 # full-weights folder. The adapter's own `base_model_name_or_path` is a path on the machine that trained it, so the
 # base is always the config's `model.name`, resolved here.
 
+def num_layers(model_dir: str | Path) -> int:
+    """The decoder layer count a full-weights folder's `config.json` gives."""
+    import json
+
+    return json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"]
+
+
 def is_adapter(model_dir: str | Path) -> bool:
     return (Path(model_dir) / "adapter_config.json").is_file()
 

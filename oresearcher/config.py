@@ -201,6 +201,16 @@ class AdapterConfig(Section):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    top_layers: int | None = Field(None, ge=1, description="adapters in the last N decoder layers only (default: "
+                                                           "all): the backward pass stops at the lowest one")
+
+    def lora(self, num_layers: int):
+        """This adapter as PEFT's `LoraConfig`, for a model of `num_layers` decoder layers."""
+        from peft import LoraConfig
+
+        top = None if self.top_layers is None else list(range(max(0, num_layers - self.top_layers), num_layers))
+        return LoraConfig(task_type="CAUSAL_LM", r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=self.target_modules, layers_to_transform=top)
 
 
 class FinetuneConfig(Section):

@@ -303,7 +303,6 @@ def train_grpo(cfg: Settings, start_dir: str, queries: list[str], output_dir: Pa
 
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
     from models.resolve import is_adapter, load_policy
@@ -317,9 +316,7 @@ def train_grpo(cfg: Settings, start_dir: str, queries: list[str], output_dir: Pa
                                    trainable=adapter and g.lora)
     if adapter and not g.lora:  # full-weights GRPO from an adapter version: train its merged weights
         model, adapter = model.merge_and_unload(), False
-    new_adapter = LoraConfig(task_type="CAUSAL_LM", r=g.adapter.r, lora_alpha=g.adapter.alpha,
-                             lora_dropout=g.adapter.dropout, target_modules=g.adapter.target_modules) \
-        if g.lora and not adapter else None
+    new_adapter = g.adapter.lora(model.config.num_hidden_layers) if g.lora and not adapter else None
     w = g.reward_weights
     args = GRPOConfig(
         output_dir=str(output_dir), max_steps=g.max_steps, learning_rate=g.learning_rate, beta=g.beta,

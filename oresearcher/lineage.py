@@ -58,17 +58,10 @@ def _producer(client, experiment_id: str, path: str, digest: str) -> str | None:
 
 def model_run(client, ref: str) -> str | None:
     """The run that registered `models:/name/N`, `models:/name@alias` or `name/N`."""
-    from mlflow.exceptions import MlflowException
+    from oresearcher.registry import model_version
 
-    ref = ref.removeprefix("models:/")
-    name, sep, alias = ref.partition("@")
-    try:
-        if sep:
-            return client.get_model_version_by_alias(name, alias).run_id
-        name, _, number = ref.rpartition("/")
-        return client.get_model_version(name, number).run_id if number.isdigit() else None
-    except MlflowException:
-        return None
+    version = model_version(client, ref)
+    return version.run_id if version else None
 
 
 def lineage_card(client, run_id: str, limit: int = 50) -> list[Step]:

@@ -51,6 +51,21 @@ def register_model(client, run_id: str, name: str, model_dir: str | Path, alias:
     return version.version
 
 
+def model_version(client, uri: str):
+    """The registered version `models:/name/N`, `models:/name@alias` (or either without `models:/`) names now;
+    None if the registry has none."""
+    from mlflow.exceptions import MlflowException
+
+    name, sep, alias = uri.removeprefix("models:/").partition("@")
+    try:
+        if sep:
+            return client.get_model_version_by_alias(name, alias)
+        name, _, number = name.rpartition("/")
+        return client.get_model_version(name, number) if name and number.isdigit() else None
+    except MlflowException:
+        return None
+
+
 def download_model(uri: str, tracking_uri: str, dst: Path | None = None) -> str:
     """A local copy of a registered model (`models:/name@alias` or `models:/name/3`): the `model` artifacts of the
     run that registered it. Resolved with a client pinned to `tracking_uri` rather than MLflow's global registry
@@ -60,13 +75,9 @@ def download_model(uri: str, tracking_uri: str, dst: Path | None = None) -> str:
 
     from mlflow.tracking import MlflowClient
 
-    name, sep, ref = uri.removeprefix("models:/").partition("@")
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    if sep:
-        version = client.get_model_version_by_alias(name, ref)
-    else:
-        name, _, number = name.rpartition("/")
-        version = client.get_model_version(name, number)
+    if (version := model_version(client, uri)) is None:
+        raise StartNotFound(f"{uri} is not in the registry at {tracking_uri}")
     if dst is None:
         return client.download_artifacts(version.run_id, "model", tempfile.mkdtemp(prefix="model-"))
     dst = Path(dst)

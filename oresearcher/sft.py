@@ -83,11 +83,10 @@ def train_sft(cfg: Settings, records: list[dict], output_dir: Path, callbacks: l
     checkpoint in `output_dir`. Returns where the trained model went and the logged losses."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from models.resolve import resolve_model
+    from models.resolve import num_layers, resolve_model
 
     s = cfg.sft
     model_dir = resolve_model(cfg.model.name, cfg.paths.cache)
@@ -105,8 +104,7 @@ def train_sft(cfg: Settings, records: list[dict], output_dir: Path, callbacks: l
         logging_steps=1, save_strategy="steps", save_steps=s.save_steps, save_total_limit=2, report_to="none",
         use_cpu=not torch.cuda.is_available(), bf16=cfg.train.bf16_enabled(), gradient_checkpointing=False,
         dataloader_num_workers=0, deepspeed=deepspeed_config(cfg))
-    peft_config = LoraConfig(task_type="CAUSAL_LM", r=s.adapter.r, lora_alpha=s.adapter.alpha,
-                             lora_dropout=s.adapter.dropout, target_modules=s.adapter.target_modules) if s.lora else None
+    peft_config = s.adapter.lora(num_layers(model_dir)) if s.lora else None
     trainer = SFTTrainer(model=model_dir, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=callbacks)
     resumed = last_checkpoint(output_dir)

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from oresearcher.config import Settings
 from oresearcher.evaluation import EvalTask
+from oresearcher.registry import model_version
 
 EVAL_PROMPTS = ("race_weights.md", "race_criteria.md", "race_pairwise.md", "race_pointwise.md", "fact_extract.md",
                 "fact_label.md", "key_point.md")
@@ -181,20 +182,6 @@ def log_evaluation(mlflow, run_id: str, set_name: str, summary: dict[str, float]
         if version is not None:
             mlflow.set_model_version_tag(version.name, version.version, f"eval.{set_name}.run", run_id)
             mlflow.set_tag(run_id, "model_version", f"{version.name}/{version.version}")
-
-
-def model_version(mlflow, uri: str):
-    """The registered version a `models:/name/N` or `models:/name@alias` URI names now; None if there is none."""
-    from mlflow.exceptions import MlflowException
-
-    name, sep, ref = uri.removeprefix("models:/").partition("@")
-    try:
-        if sep:
-            return mlflow.get_model_version_by_alias(name, ref)
-        name, _, number = name.rpartition("/")
-        return mlflow.get_model_version(name, number)
-    except MlflowException:
-        return None
 
 
 @task(name="promote", cache_policy=NO_CACHE)

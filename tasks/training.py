@@ -92,17 +92,14 @@ def registry_dir(cfg: Settings, version: str):
 
 
 def _version_of(mlflow, name: str, uri: str) -> str:
-    from oresearcher.registry import StartNotFound
+    from oresearcher.registry import StartNotFound, model_version
 
     ref = uri.removeprefix(f"models:/{name}")
-    try:
-        if ref.startswith("@"):
-            return mlflow.get_model_version_by_alias(name, ref[1:]).version
-        if ref.startswith("/") and ref[1:].isdigit():
-            return mlflow.get_model_version(name, ref[1:]).version
-    except Exception as e:  # noqa: BLE001
-        raise StartNotFound(f"grpo.start_from: {uri} is not in the registry ({e})") from None
-    raise StartNotFound(f"grpo.start_from: {uri} is not models:/{name}/<version> or models:/{name}@<alias>")
+    if not (ref.startswith("@") or (ref.startswith("/") and ref[1:].isdigit())):
+        raise StartNotFound(f"grpo.start_from: {uri} is not models:/{name}/<version> or models:/{name}@<alias>")
+    if (version := model_version(mlflow, uri)) is None:
+        raise StartNotFound(f"grpo.start_from: {uri} is not in the registry")
+    return version.version
 
 
 @task(name="training-queries", cache_policy=NO_CACHE)

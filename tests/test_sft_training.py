@@ -54,6 +54,19 @@ def test_lora_sft_lowers_the_loss_and_moves_only_adapter_weights(settings_factor
     assert (Path(out["model_dir"]) / "adapter_config.json").is_file()
 
 
+def test_adapters_in_the_top_layers_only_train_there(settings_factory, tiny, tmp_path):
+    from models.resolve import num_layers
+    from oresearcher.sft import train_sft
+
+    top = num_layers(tiny) - 1
+    out = train_sft(settings(settings_factory, tiny, "sft.max_steps=2", "sft.adapter.top_layers=1"), records(2),
+                    tmp_path / "run")
+    trainable = [n for n, p in out["trainer"].model.named_parameters() if p.requires_grad]
+    assert trainable and all(f".layers.{top}." in n for n in trainable), trainable
+    saved = json.loads((Path(out["model_dir"]) / "adapter_config.json").read_text())
+    assert saved["layers_to_transform"] == [top]  # the registered version loads back with the same layout
+
+
 TRAIN = str(REPO / "tests" / "train_until_killed.py")
 
 
