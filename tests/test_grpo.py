@@ -47,7 +47,7 @@ def parrot(tmp_path_factory):
 def grpo_settings(settings_factory, model: str, *extra: str):
     return settings_factory(
         f"model.name={model}", f"filter.judge.model.name={model}", "filter.judge.guide.reason=20",
-        "research.tape.mode=live", "rollout.max_new_tokens=96", "rollout.max_turns=3", "grpo.num_generations=2",
+        "research.tape.mode=live", "rollout.max_new_tokens=96", "rollout.max_turns=3", "rollout.max_tool_calls=4", "grpo.num_generations=2",
         "grpo.queries_per_step=1", "grpo.max_steps=1", "grpo.learning_rate=0.001", "grpo.save_steps=1",
         "grpo.temperature=0.2", *extra)  # near the parrot's argmax: it reaches its memorized tool call
 
@@ -191,7 +191,7 @@ TRAIN = str(REPO / "tests" / "train_until_killed.py")
 def test_a_killed_grpo_run_resumes_from_its_last_checkpoint_without_repeating_steps(parrot, tmp_path):
     overrides = [f"model.name={parrot}", f"filter.judge.model.name={parrot}", "filter.judge.guide.reason=20",
                  "research.tape.mode=live", f"research.tape.path={tmp_path / 'tape.sqlite'}",
-                 "rollout.max_new_tokens=96", "rollout.max_turns=3", "grpo.num_generations=2",
+                 "rollout.max_new_tokens=96", "rollout.max_turns=3", "rollout.max_tool_calls=4", "grpo.num_generations=2",
                  "grpo.queries_per_step=1", "grpo.max_steps=4", "grpo.save_steps=1", "grpo.guard.zero_variance_steps=9",
                  "grpo.temperature=0.2",
                  f"paths.cache_dir={CACHE}", f"paths.data_dir={tmp_path / 'data'}"]
