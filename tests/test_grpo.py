@@ -101,6 +101,9 @@ def test_rollout_decoding_skips_the_trainers_autocast_and_reuses_the_previous_tu
     from oresearcher.grpo import TrainerModelBackend, run_sync
 
     tiny = build_tiny_model()
+    # an earlier trainer in this process may have set the shared state to its own precision (fp32 where the
+    # CPU has no bf16 units), and accelerate refuses to change it in place
+    AcceleratorState._reset_state(reset_partial_state=True)
     try:
         model = Accelerator(cpu=True, mixed_precision="bf16").prepare(AutoModelForCausalLM.from_pretrained(tiny))
         autocast_seen: list[bool] = []
