@@ -30,15 +30,18 @@ async def heldout(config_path: str = "configs/tiny.yaml", overrides: list[str] |
     queries = heldout_queries(cfg.ingest)[: cfg.heldout.limit]
     mlflow = tracking_client(cfg)
     candidates = list(zip(labels or models, models, strict=True)) if models else heldout_models(cfg, mlflow)
+    # every model fetched before any runs: a version missing from the registry is one error up front, not a failed
+    # run after the others' rollouts
+    folders = [local_model(cfg, model) for _, model in candidates]
     judge = make_judge(cfg, run="heldout")
     results: dict[str, dict[str, float]] = {}
     sample = None  # the last model's first trace: what the newest policy writes, shown by `oresearcher run`
     try:
-        for label, model in candidates:
+        for (label, model), folder in zip(candidates, folders, strict=True):
             with stage_run(cfg, f"heldout-{label}", tags={"model": model, "heldout_queries": str(len(queries))}) \
                     as (client, run_id):
                 log_file_input(client, run_id, cfg.paths.resolve(cfg.ingest.heldout_seeds), context="evaluation")
-                rows = await run_heldout(cfg, local_model(cfg, model), queries, judge)
+                rows = await run_heldout(cfg, folder, queries, judge)
                 results[label] = means(rows)
                 sample = {"model": model, "trace": rows[0]["trace"], "stop_reason": rows[0]["stop_reason"],
                           "valid": bool(rows[0]["metrics"]["valid"])} if rows else sample

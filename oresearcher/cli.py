@@ -37,6 +37,20 @@ def _settings(args):
     return load_config(args.config, args.overrides)
 
 
+def _check_registered(cfg, models: list[str]) -> None:
+    """Every `models:/` URI names a version in the registry: checked before a flow (and its server) starts."""
+    if registered := [m for m in models if m.startswith("models:/")]:
+        import logging
+
+        from oresearcher.registry import require_version
+        from oresearcher.tracking import client as tracking_client
+
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+        client = tracking_client(cfg)
+        for uri in registered:
+            require_version(client, uri, cfg.mlflow.resolved_uri())
+
+
 def _check_seed_files(paths: list[str]) -> None:
     """Every seed file exists and reads as seed records: checked before a flow (and its server) starts."""
     from oresearcher.seeds import read_records
@@ -222,6 +236,7 @@ def cmd_grpo(args) -> int:
 def cmd_heldout(args) -> int:
     import asyncio
 
+    _check_registered(_settings(args), args.models or [])
     from flows.heldout import heldout
 
     r = asyncio.run(heldout(config_path=args.config, overrides=args.overrides, models=args.models or None))
@@ -238,6 +253,7 @@ def cmd_evaluate(args) -> int:
     from oresearcher.evaluation import query_set
 
     query_set(args.queries or cfg.evaluate.queries, 1, cfg.paths.resolve(cfg.ingest.heldout_seeds))
+    _check_registered(cfg, args.models or [])
     if args.labels and len(args.labels) != len(args.models):
         print(f"error: {len(args.labels)} --label for {len(args.models)} --model: give one label per model",
               file=sys.stderr)

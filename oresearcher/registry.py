@@ -66,6 +66,13 @@ def model_version(client, uri: str):
         return None
 
 
+def require_version(client, uri: str, tracking_uri: str):
+    """`model_version`, or `StartNotFound` naming the URI and the registry (a one-line user error in the CLI)."""
+    if (version := model_version(client, uri)) is None:
+        raise StartNotFound(f"{uri} is not in the registry at {tracking_uri}")
+    return version
+
+
 def download_model(uri: str, tracking_uri: str, dst: Path | None = None) -> str:
     """A local copy of a registered model (`models:/name@alias` or `models:/name/3`): the `model` artifacts of the
     run that registered it. Resolved with a client pinned to `tracking_uri` rather than MLflow's global registry
@@ -76,8 +83,7 @@ def download_model(uri: str, tracking_uri: str, dst: Path | None = None) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    if (version := model_version(client, uri)) is None:
-        raise StartNotFound(f"{uri} is not in the registry at {tracking_uri}")
+    version = require_version(client, uri, tracking_uri)
     if dst is None:
         return client.download_artifacts(version.run_id, "model", tempfile.mkdtemp(prefix="model-"))
     dst = Path(dst)

@@ -185,3 +185,24 @@ def test_sft_dry_run_prints_the_multi_gpu_launch_command_and_the_resolved_config
     resolved = yaml.safe_load(config)
     assert resolved["train"]["deepspeed"] == "zero3" and resolved["model"]["name"] == "Qwen/Qwen2.5-72B-Instruct"
     assert not server_started(tmp_path / "prefect") and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("command", [["heldout"], ["evaluate", "--queries", "heldout"]], ids=["heldout", "evaluate"])
+def test_a_model_version_missing_from_the_registry_is_one_error_before_any_flow(command, tmp_path):
+    """`--model models:/…/99` on a registry without it: one `error:` line naming the URI, fast, before a server or
+    a flow starts, so no model (the base model, listed first, either) ran and no run was left behind."""
+    from mlflow.tracking import MlflowClient
+
+    from models.tiny import build_tiny_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc, seconds = cli(*command, "--model", build_tiny_model(), "--model", "models:/o-researcher-policy/99", "--set",
+                        f"mlflow.tracking_uri={uri}", "--set", f"paths.data_dir={tmp_path / 'data'}",
+                        home=tmp_path / "prefect")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert "models:/o-researcher-policy/99 is not in the registry at sqlite:///" in lines[0]
+    assert not server_started(tmp_path / "prefect")
+    runs = [r for e in MlflowClient(uri).search_experiments() for r in MlflowClient(uri).search_runs([e.experiment_id])]
+    assert runs == []
