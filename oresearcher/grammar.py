@@ -433,6 +433,10 @@ def _gbnf(rules: dict[str, str]) -> str:
 _WS = r"[ \t\n]{0,4}"
 _FREE = r"[^<]"
 _LINE = r"[^<\n]"
+# A search query is words: no quotes, no `key=value` attributes, no code punctuation. A small teacher, let free
+# there, wrote `query="..." type="box" width="40%"` up to the cap, and its students learned to write markup where
+# a query ends instead of `&num=` (their held-out traces left <web_search> unclosed).
+_QUERY = r'[^<>|&\n"=;{}\[\]\\]'
 # A claim of an answer or report: no tags, no brackets (those are citations), no headings, and no sentence end: each
 # claim is one sentence, then ".", "!" or "?", and carries its citation: an answer's closes it, a report's opens with
 # it (`report_guide`). So no sentence goes uncited (a small teacher otherwise strings several uncited sentences
@@ -503,7 +507,7 @@ def step_guide(observed: list[str], *, may_call: bool = True, may_answer: bool =
         # "|" alone separates queries: a query's own spaces around it are its to keep (parse_tool_call strips them)
         more = _repeat('("|" query)', 0, caps.queries - 1)
         rules["search"] = f'"<{WEB_SEARCH}>query=" query {more} "&num=" num "</{WEB_SEARCH}>"'.replace("  ", " ")
-        rules["query"] = rf"[ ]? [^<>|&\n \t] [^<>|&\n]{{1,{caps.query}}}"
+        rules["query"] = rf"[ ]? {_QUERY[:-1]} \t] {_QUERY}{{1,{caps.query}}}"
         rules["num"] = _alt([str(n) for n in range(1, caps.max_num + 1)])
         if observed:
             actions.append("crawl")

@@ -209,6 +209,19 @@ def test_blocks_close_after_a_sentence_end(accepts):
         assert not accepts(reports, sections + "## Effects\n" + cut), cut
 
 
+def test_a_search_query_is_words_not_markup(accepts):
+    """The teacher's query holds words (a question mark, an apostrophe, a hyphen, any script), never quotes,
+    attributes or code: a small teacher free to write them filled queries with `"..." type="box"` up to the cap, and
+    its students then wrote markup where `&num=` belongs."""
+    guide = g.step_guide([], caps=CAPS)
+    think = g.block(g.THINK, "I search for it.") + "\n"
+    for query in ("How did the Black Death spread?", "Kant's ethics, a short-list", "黑死病的传播"):
+        assert accepts(guide, think + f"<web_search>query={query}&num=2</web_search>"), query
+    for query in ('"How did it spread?"', "plague type=box", "plague; width 40", "plague {x}", "plague [1]",
+                  "plague \\n"):
+        assert not accepts(guide, think + f"<web_search>query={query}&num=2</web_search>"), query
+
+
 def test_planner_grammar_counts_its_items(accepts):
     guide = g.planner_guide(2, 3, CAPS)
     assert accepts(guide, "1. First subtask here.\n2. Second subtask here?\n")
