@@ -40,12 +40,9 @@ def _settings(args):
 def _check_registered(cfg, models: list[str]) -> None:
     """Every `models:/` URI names a version in the registry: checked before a flow (and its server) starts."""
     if registered := [m for m in models if m.startswith("models:/")]:
-        import logging
-
         from oresearcher.registry import require_version
         from oresearcher.tracking import client as tracking_client
 
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
         client = tracking_client(cfg)
         for uri in registered:
             require_version(client, uri, cfg.mlflow.resolved_uri())
@@ -215,9 +212,6 @@ def cmd_grpo(args) -> int:
     from tasks.training import resolve_start, training_queries
 
     training_queries.fn(cfg)  # no seed set, or no version to start from: one line, before any server starts
-    import logging
-
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
     resolve_start.fn(cfg, tracking_client(cfg), args.start_from)
     from flows.grpo import grpo
 

@@ -36,8 +36,12 @@ def client(cfg: Settings):
     """The MLflow client of this config, its model registry pinned to the same store: without `registry_uri`,
     MLflow takes the registry from MLFLOW_REGISTRY_URI, which `mlflow.set_registry_uri` (a download, another
     config in the same process) leaves in the environment of every process started after it."""
+    import logging
+
     from mlflow.tracking import MlflowClient
 
+    # a new SQLite store logs "Creating initial MLflow database tables" at INFO: noise before a CLI's one-line answer
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     uri = cfg.mlflow.resolved_uri()
     return MlflowClient(uri, registry_uri=uri)
 
