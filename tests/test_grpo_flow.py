@@ -82,6 +82,29 @@ def test_sft_then_grpo_then_heldout_register_log_and_compare(prefect_server, tmp
     assert "2 queries" in lines[0] and [line.split()[0] for line in lines[2:]] == ["base", "sft", "grpo"]
 
 
+def test_heldout_fetches_every_model_before_the_first_rollout(prefect_server, tmp_path):
+    """A registry version listed second that does not exist stops the flow before the first model (the base, which
+    resolves) rolls out: no `heldout-*` run, no rollout, one `StartNotFound` naming the URI."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.heldout import heldout
+    from models.tiny import build_tiny_model
+    from oresearcher.registry import StartNotFound
+
+    uri, tiny = f"sqlite:///{tmp_path / 'mlflow.db'}", build_tiny_model()
+    overrides = [f"paths.data_dir={tmp_path / 'data'}", f"paths.checkpoints_dir={tmp_path / 'ckpt'}",
+                 f"mlflow.tracking_uri={uri}", f"model.name={tiny}", f"filter.judge.model.name={tiny}",
+                 f"research.tape.path={tmp_path / 'tape.sqlite'}", "rollout.max_new_tokens=16", "rollout.max_turns=1",
+                 "heldout.limit=1"]
+    with pytest.raises(StartNotFound, match="models:/o-researcher-policy/99 is not in the registry"):
+        asyncio.run(heldout(config_path=str(REPO / "configs" / "tiny.yaml"), overrides=overrides,
+                            models=[tiny, "models:/o-researcher-policy/99"], labels=["base", "missing"]))
+    client = MlflowClient(uri)
+    runs = [r.info.run_name for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert not [name for name in runs if name.startswith("heldout-")], runs
+    assert not (tmp_path / "data" / "llm.sqlite").exists()  # where the base model's responses would be stored
+
+
 def cli(*args: str, env_cfg: list[str]) -> subprocess.CompletedProcess:
     overrides = [x for o in env_cfg for x in ("--set", o)]
     return subprocess.run([sys.executable, "-m", "oresearcher.cli", *args, *overrides], cwd=REPO, capture_output=True,
