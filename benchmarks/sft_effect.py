@@ -1,104 +1,141 @@
-"""Does SFT teach the format? Unguided traces of the base policy and of an SFT'd copy on held-out queries, side by side.
+"""Does SFT teach the format? Unguided held-out traces of SFT checkpoints, epoch by epoch, at several temperatures.
 
-    .venv/bin/python benchmarks/sft_effect.py --epochs 3 --lr 1e-4 --full      # ~25 min on 2 cores
+    .venv/bin/python benchmarks/sft_effect.py --epochs 8 --eval-every 2 --temps 0.3,0.7     # ~45 min on 2 cores
 
-Trains on the latest accepted filtered version (what `make run` leaves in data/), then runs both models through
-the policy runtime (`oresearcher.policy.rollout`, unguided, over the live local environment) on the last N default
-seeds, which synthesis never used. Prints, per model, the share of valid traces and the per-trace metrics of
-`criteria.trace_metrics`, and the log-probability of the trace's first tag after the prompt. A measurement for
-choosing SFT settings (issue 10), not a test: nothing here is asserted.
+Trains on the latest accepted filtered version in `data/` (what `make run` leaves) with `configs/tiny.yaml`'s SFT
+settings, keeps the adapter every `--eval-every` epochs, then runs each kept model, merged, through the policy
+runtime (`oresearcher.policy.rollout`, unguided, make run's rollout caps, the live local environment) on the
+held-out split (`seeds/heldout.jsonl`, never trained on), `--samples` times per query. Prints, per epoch and
+temperature, how many traces are format-valid (the filter's parser: no grammar or citation violation, what the
+held-out table's `format valid` counts), how they stopped and which violations broke the rest. The traces go to
+`--out`. A measurement for sizing `make run`'s SFT against issue 10's target, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
+import shutil
 import time
 from pathlib import Path
 
 
-def first_tag_logprob(model_dir: str, query: str) -> float:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from oresearcher.sft import policy_messages
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    prompt = tok.apply_chat_template(policy_messages(query), add_generation_prompt=True, tokenize=False)
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-    target = tok("<subtask_list>", add_special_tokens=False).input_ids
-    with torch.no_grad():
-        logp = torch.log_softmax(AutoModelForCausalLM.from_pretrained(model_dir)(
-            torch.cat([ids, torch.tensor([target])], 1)).logits[0], -1)
-    return sum(logp[ids.shape[1] - 1 + i, t].item() for i, t in enumerate(target))
-
-
-async def rollouts(cfg, model_dir: str, queries: list[str]) -> list:
+async def rollouts(cfg, model_dir: str, queries: list[str], temperature: float) -> list:
     from models.llm import make_client
     from oresearcher.policy import rollout
     from oresearcher.research.environment import ResearchEnvironment
 
     env = ResearchEnvironment.from_config(cfg)
+    # no response store: a benchmark's rollouts must not land in the pipeline's llm.sqlite
     mc = cfg.model.model_copy(update={"name": model_dir, "guided": False, "max_batch": len(queries),
                                       "repetition_penalty": cfg.heldout.repetition_penalty,
-                                      "temperature": cfg.heldout.temperature})
+                                      "temperature": temperature, "max_new_tokens": cfg.rollout.max_new_tokens})
     client = make_client(mc, cache_dir=cfg.paths.cache)
     try:
-        return await asyncio.gather(*(rollout(client, env, q, cfg.rollout, seed=i) for i, q in enumerate(queries)))
+        return await asyncio.gather(*(rollout(client, env, q, cfg.rollout, seed=cfg.heldout.seed + i)
+                                      for i, q in enumerate(queries)))
     finally:
         await client.aclose()
 
 
-def report(label: str, cfg, model_dir: str, queries: list[str]) -> None:
+def measure(cfg, label: str, model_dir: str, queries: list[str], temperature: float, out: Path) -> dict:
+    """One model at one temperature: valid count, stop reasons, violation kinds; the traces to `out`."""
     from oresearcher.criteria import TraceView, mean_metrics, trace_metrics
 
     start = time.perf_counter()
-    outs = asyncio.run(rollouts(cfg, model_dir, queries))
-    rows = [trace_metrics(TraceView.of(o.query, o.trace), cfg.filter.rules) for o in outs]
-    means = {k: round(v, 3) for k, v in mean_metrics(rows).items()}
-    print(f"{label}: {time.perf_counter() - start:.0f}s, first-tag log p {first_tag_logprob(model_dir, queries[0]):.2f}"
-          f", stops {[o.stop_reason for o in outs]}\n  {means}", flush=True)
+    outs = asyncio.run(rollouts(cfg, model_dir, queries, temperature))
+    kinds: collections.Counter = collections.Counter()
+    rows = []
+    with open(out / f"{label}-T{temperature}.jsonl", "w") as f:
+        for o in outs:
+            view = TraceView.of(o.query, o.trace)
+            kinds.update(str(v.rule) for v in view.violations)
+            rows.append(trace_metrics(view, cfg.filter.rules))
+            f.write(json.dumps({"query": o.query, "trace": o.trace, "stop": o.stop_reason,
+                                "violations": [str(v) for v in view.violations]}) + "\n")
+    means = mean_metrics(rows)
+    return {"label": label, "T": temperature, "valid": int(sum(r["valid"] for r in rows)), "n": len(rows),
+            "tool_calls": means.get("tool_calls", 0.0), "citations": means.get("citations", 0.0),
+            "seconds": time.perf_counter() - start, "stops": dict(collections.Counter(o.stop_reason for o in outs)),
+            "violations": dict(kinds.most_common(6))}
+
+
+def keep_every(out: Path, steps_per_epoch: int, every: float):
+    """A Trainer callback copying each saved adapter (weights only) to `out/epoch-<k>` before rotation deletes it."""
+    from transformers import TrainerCallback
+
+    class Keep(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            epoch = state.global_step / steps_per_epoch
+            shutil.copytree(Path(args.output_dir) / f"checkpoint-{state.global_step}", out / f"epoch-{epoch:g}",
+                            ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*"),
+                            dirs_exist_ok=True)
+    return Keep()
+
+
+def merged(adapter: Path) -> str:
+    """The adapter merged into its base: the full-weights folder the local backend loads, as the registry's is."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    folder = adapter.with_name(adapter.name + "-merged")
+    if not (folder / "config.json").exists():
+        AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload().save_pretrained(folder)
+        AutoTokenizer.from_pretrained(adapter).save_pretrained(folder)
+    return str(folder)
 
 
 def main() -> None:
     from models.resolve import resolve_model
-    from oresearcher.config import REPO_ROOT, load_config
+    from oresearcher.config import load_config
     from oresearcher.filtering import training_set
+    from oresearcher.seeds import heldout_queries
     from oresearcher.sft import train_sft
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    p.add_argument("--queries", type=int, default=4, help="held-out queries: the last N default seeds")
-    p.add_argument("--max-new-tokens", type=int, default=1024,
-                   help="per generation: the report turn of a make-run trace is 500-900 tokens")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--eval-every", type=int, default=2, help="evaluate the checkpoint every N epochs")
+    p.add_argument("--temps", default="0.3,0.7", help="held-out sampling temperatures, comma-separated")
+    p.add_argument("--samples", type=int, default=2, help="rollouts per held-out query")
+    p.add_argument("--base", action="store_true", help="also measure the untrained model")
     p.add_argument("--out", default="/tmp/sft_effect")
-    p.add_argument("--skip-base", action="store_true", help="only the SFT model")
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override, e.g. "
-                   "sft.adapter.r=32")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="config override, e.g. sft.learning_rate=5e-4 or paths.data_dir=/elsewhere/data")
     args = p.parse_args()
-    cfg = load_config("configs/tiny.yaml", [f"sft.epochs={args.epochs}", f"sft.learning_rate={args.lr}",
-                                            f"sft.lora={not args.full}", "sft.save_steps=100000",
-                                            "rollout.max_turns=12", "rollout.max_tool_calls=6",
-                                            f"rollout.max_new_tokens={args.max_new_tokens}", "research.tape.mode=live",
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config("configs/tiny.yaml", [f"sft.epochs={args.epochs}", f"research.tape.path={out}/tape.sqlite",
                                             *args.overrides])
-    seeds = (REPO_ROOT / cfg.ingest.default_seeds).read_text().splitlines()
-    queries = [json.loads(line)["query"] for line in seeds if line.strip()][-args.queries:]
-    if not args.skip_base:
-        report("base", cfg, resolve_model(cfg.model.name, cfg.paths.cache), queries)
     version, records, _ = training_set(cfg.paths.data)
+    steps_per_epoch = -(-len(records) // (cfg.sft.batch_size * cfg.sft.grad_accum))
+    cfg = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"save_steps": steps_per_epoch * args.eval_every})})
+    queries = heldout_queries(cfg.ingest)[: cfg.heldout.limit] * args.samples
+    temps = [float(t) for t in args.temps.split(",")]
+
     start = time.perf_counter()
-    out = train_sft(cfg, records, Path(args.out) / "run")
-    print(f"SFT on {len(records)} traces of {version}: {out['steps']} steps in {time.perf_counter() - start:.0f}s, "
-          f"loss {out['losses'][0]:.3f} -> {out['losses'][-1]:.3f}", flush=True)
-    model = out["trainer"].model
-    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    merged = Path(args.out) / "merged"
-    model.save_pretrained(merged)
-    out["trainer"].processing_class.save_pretrained(merged)
-    report("sft", cfg, str(merged), queries)
+    trained = train_sft(cfg, records, out / "run", callbacks=[keep_every(out, steps_per_epoch, args.eval_every)])
+    losses = trained["losses"]
+    print(f"SFT on {len(records)} traces of {version}: {trained['steps']} steps in {time.perf_counter() - start:.0f}s,"
+          f" loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+    del trained
+
+    models = [("base", resolve_model(cfg.model.name, cfg.paths.cache))] if args.base else []
+    models += [(d.name, merged(d)) for d in sorted(out.glob("epoch-*"), key=lambda d: float(d.name[6:]))
+               if not d.name.endswith("-merged")]
+    results = []
+    for label, folder in models:
+        for t in temps:
+            r = measure(cfg, label, folder, queries, t, out)
+            results.append(r)
+            print(f"{label} T={t}: valid {r['valid']}/{r['n']} ({r['seconds']:.0f}s) tool calls {r['tool_calls']:.2f} "
+                  f"citations {r['citations']:.2f} stops {r['stops']} broken {r['violations']}", flush=True)
+    print(f"\nheld-out split, {len(queries) // args.samples} queries x {args.samples}, unguided, valid traces:")
+    print("  model      " + "".join(f"T={t:<8g}" for t in temps))
+    for label, _ in models:
+        cells = {r["T"]: f"{r['valid']}/{r['n']}" for r in results if r["label"] == label}
+        print(f"  {label:<10} " + "".join(f"{cells[t]:<10}" for t in temps))
 
 
 if __name__ == "__main__":
