@@ -1,9 +1,9 @@
 """Does SFT teach the format? Unguided held-out traces of SFT checkpoints, epoch by epoch, at several temperatures.
 
-    .venv/bin/python benchmarks/sft_effect.py --epochs 8 --eval-every 2 --temps 0.3,0.7     # ~45 min on 2 cores
+    .venv/bin/python benchmarks/sft_effect.py --epochs 8 --eval-every 2 --temps 0.3,0.5     # ~80 min on 2 cores
 
 Trains on the latest accepted filtered version in `data/` (what `make run` leaves) with `configs/tiny.yaml`'s SFT
-settings, keeps the adapter every `--eval-every` epochs, then runs each kept model, merged, through the policy
+settings, keeps the adapter every `--eval-every` epochs and at the end, then runs each kept model, merged, through the policy
 runtime (`oresearcher.policy.rollout`, unguided, make run's rollout caps, the live local environment) on the
 held-out split (`seeds/heldout.jsonl`, never trained on), `--samples` times per query. Prints, per epoch and
 temperature, how many traces are format-valid (the filter's parser: no grammar or citation violation, what the
@@ -62,14 +62,18 @@ def measure(cfg, label: str, model_dir: str, queries: list[str], temperature: fl
             "violations": dict(kinds.most_common(6))}
 
 
+def epoch_label(step: int, steps_per_epoch: int) -> str:
+    return f"epoch-{round(step / steps_per_epoch, 2):g}"
+
+
 def keep_every(out: Path, steps_per_epoch: int, every: float):
     """A Trainer callback copying each saved adapter (weights only) to `out/epoch-<k>` before rotation deletes it."""
     from transformers import TrainerCallback
 
     class Keep(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            epoch = state.global_step / steps_per_epoch
-            shutil.copytree(Path(args.output_dir) / f"checkpoint-{state.global_step}", out / f"epoch-{epoch:g}",
+            shutil.copytree(Path(args.output_dir) / f"checkpoint-{state.global_step}",
+                            out / epoch_label(state.global_step, steps_per_epoch),
                             ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*"),
                             dirs_exist_ok=True)
     return Keep()
@@ -116,6 +120,9 @@ def main() -> None:
 
     start = time.perf_counter()
     trained = train_sft(cfg, records, out / "run", callbacks=[keep_every(out, steps_per_epoch, args.eval_every)])
+    last = out / epoch_label(trained["steps"], steps_per_epoch)
+    if not last.exists():  # training ended between saves (`--epochs` not a multiple, or sft.max_steps): keep the end
+        shutil.copytree(trained["model_dir"], last)
     losses = trained["losses"]
     print(f"SFT on {len(records)} traces of {version}: {trained['steps']} steps in {time.perf_counter() - start:.0f}s,"
           f" loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
